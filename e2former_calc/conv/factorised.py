@@ -1,0 +1,164 @@
+"""The Wigner 6j convolution: all tensor products on nodes, a scalar-weighted sum on edges.
+
+With the addition theorem and recoupling (:mod:`e2former_calc.so3.coupling`), for any origin
+``o``, source coordinates ``a_j = r_j + s - o`` and target coordinates ``t_i = o - r_i``::
+
+    m_i^(L) = sum_{lam, k} c[f, lam] W_k [ (sum_j w'_ij P_j^(lam, k)) (x) S_{f-lam}(t_i) ]^(L)
+
+    P_j^(lam, k) = [x_j (x) S_lam(a_j)]^(k)      one tensor product per source entry
+    w'_ij        = w_ij / |r_ij|^f                a scalar per edge and channel
+
+1. per source entry: ``P`` -- done once per distinct (atom, image, target block);
+2. per edge: ``Q_i = sum_j w'_ij P_j`` -- no Clebsch-Gordan work, one sparse-dense product
+   (:class:`~e2former_calc.conv.aggregation.EdgeAggregation`);
+3. per target: one tensor product of ``Q_i`` with ``S_{f-lam}(t_i)``.
+
+Each stage is a batched matrix product with a constant coupling tensor assembled at
+construction: ``P = x_j @ (S(a_j) . C_source)`` and ``m_i = Q_i @ (S(t_i) . C_target[f])``.
+Components ``(l_in, lam, k)`` that feed no requested output are never computed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..so3.coupling import addition_coefficient, recoupling_coefficients, wigner_3j
+from ..so3.solid_harmonics import solid_harmonics
+from .base import Convolution
+from .graph import ConvGraph
+
+#: With float32 stages: blocks of this many times the cutoff (the longest edge if the graph does
+#: not state its cutoff). From ``benchmarks/conv_precision.py``: float32 error <= 1e-5 for f <= 1.
+FLOAT32_BLOCKS_PER_CUTOFF = 2.0
+#: With float64 stages: blocks of this side (Å). Float64 needs no small blocks; they only keep the
+#: error bounded however far from the origin the atoms are.
+FLOAT64_BLOCK_SIDE = 100.0
+
+_ZERO = 1e-12
+
+
+class Wigner6jConvolution(Convolution):
+    """The factorised (Wigner 6j) form of :class:`~e2former_calc.conv.base.Convolution`.
+
+    Same arguments, same outputs, to rounding, as
+    :class:`~e2former_calc.conv.edgewise.EdgeWiseConvolution`, plus:
+
+    Args:
+        block_side: side in Å of the cubic blocks whose centres serve as local origins; smaller
+            is more precise in float32 and costs more source tensor products per atom
+            (``docs/convolution.md`` has the table). ``"auto"`` (default):
+            ``FLOAT32_BLOCKS_PER_CUTOFF`` cutoffs with float32 stages, ``FLOAT64_BLOCK_SIDE``
+            with float64 stages. None: one origin at 0 (imprecise far from it; benchmarks only).
+        stage_dtype: dtype of the three stages. ``"auto"`` (default): float64 when the features
+            are float64 or a filter degree is 2 or more (float32 would need blocks so small that
+            float64 is faster, see the precision benchmark), else the features' dtype. The output
+            always has the features' dtype.
+    """
+
+    def __init__(
+        self, irreps_in, channels: int, filter_degrees, irreps_out, block_side="auto", stage_dtype="auto"
+    ):
+        super().__init__(irreps_in, channels, filter_degrees, irreps_out)
+        if block_side not in ("auto", None) and not float(block_side) > 0:
+            raise ValueError(f"block_side must be 'auto', None or a positive length in Å, got {block_side!r}")
+        if stage_dtype not in ("auto", torch.float32, torch.float64):
+            raise ValueError(f"stage_dtype must be 'auto', torch.float32 or torch.float64, got {stage_dtype!r}")
+        self.block_side = block_side if block_side in ("auto", None) else float(block_side)
+        self.stage_dtype = stage_dtype
+        self.max_lam = max(self.filter_degrees)
+        in_slices = self.layout_in.slices()
+
+        # terms[f] = [(path number, path, lam, k, coefficient c[f,lam] W_k)]
+        terms = {f: [] for f in self.filter_degrees}
+        for n, path in enumerate(self.paths):
+            for lam in range(path.f + 1):
+                mu = path.f - lam
+                for k, w_k in recoupling_coefficients(path.l_in, lam, mu, path.f, path.l_out).items():
+                    if abs(w_k) > _ZERO:
+                        terms[path.f].append((n, path, lam, k, addition_coefficient(path.f, lam) * w_k))
+
+        # components (input irrep, lam, k) of P, in a fixed order, and their slices
+        components = sorted({(p.input, lam, k) for f in terms for _, p, lam, k, _ in terms[f]})
+        comp_slice, start = {}, 0
+        for comp in components:
+            comp_slice[comp] = slice(start, start + 2 * comp[2] + 1)
+            start += 2 * comp[2] + 1
+        n_comp = start
+
+        # stage 1: P[u, c, K] = x[u, c, :] @ (sum_s S(a_u)[s] C_source[s, :, K])
+        source = torch.zeros((self.max_lam + 1) ** 2, self.layout_in.dim, n_comp, dtype=torch.float64)
+        for i, lam, k in components:
+            l_in = self.layout_in.irreps[i][0]
+            lam_slice = slice(lam**2, (lam + 1) ** 2)
+            source[lam_slice, in_slices[i], comp_slice[(i, lam, k)]] = wigner_3j(l_in, lam, k).permute(1, 0, 2)
+        self.register_buffer("source_coupling", source, persistent=False)
+
+        # stage 3, per f: out[n, c, :] = Q_f[n, c, :] @ (sum_b S(t_n)[b] C_target_f[b, :, :])
+        path_start, start = [], 0
+        for p in self.paths:
+            path_start.append(start)
+            start += p.dim
+        for f_index, f in enumerate(self.filter_degrees):
+            f_comps = sorted({(p.input, lam, k) for _, p, lam, k, _ in terms[f]})
+            columns = torch.cat([torch.arange(n_comp)[comp_slice[c]] for c in f_comps])
+            local, pos = {}, 0
+            for c in f_comps:
+                local[c] = slice(pos, pos + 2 * c[2] + 1)
+                pos += 2 * c[2] + 1
+            f_paths = [n for n, p in enumerate(self.paths) if p.f == f]
+            out_offset = path_start[f_paths[0]]
+            out_dim = sum(self.paths[n].dim for n in f_paths)
+            target = torch.zeros((f + 1) ** 2, pos, out_dim, dtype=torch.float64)
+            for n, p, lam, k, coeff in terms[f]:
+                mu = f - lam
+                out = slice(path_start[n] - out_offset, path_start[n] - out_offset + p.dim)
+                target[mu**2 : (mu + 1) ** 2, local[(p.input, lam, k)], out] += (
+                    coeff * wigner_3j(k, mu, p.l_out).permute(1, 0, 2)
+                )
+            self.register_buffer(f"component_index_{f_index}", columns, persistent=False)
+            self.register_buffer(f"target_coupling_{f_index}", target, persistent=False)
+
+    def resolve(self, dtype: torch.dtype, graph: ConvGraph) -> tuple[torch.dtype, float | None]:
+        """The stage dtype and block side (Å, or None for one origin) used for features of ``dtype``."""
+        stage = self.stage_dtype
+        if stage == "auto":
+            stage = torch.float64 if dtype == torch.float64 or max(self.filter_degrees) >= 2 else dtype
+        side = self.block_side
+        if side == "auto":
+            side = FLOAT64_BLOCK_SIDE if stage == torch.float64 else FLOAT32_BLOCKS_PER_CUTOFF * graph.cutoff
+        return stage, side
+
+    @property
+    def source_dim(self) -> int:
+        """Components of ``P`` per channel (the width of the edge stage over all f)."""
+        return self.source_coupling.shape[-1]
+
+    def forward(self, x: torch.Tensor, graph: ConvGraph, edge_weights: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, graph, edge_weights)
+        out_dtype = x.dtype
+        dtype, block_side = self.resolve(x.dtype, graph)
+        x, edge_weights = x.to(dtype), edge_weights.to(dtype)
+        origins = graph.local_origins(block_side)
+        n_nodes = graph.n_nodes
+
+        # stage 1: source tensor products, once per (atom, image, target block)
+        s_source = solid_harmonics(self.max_lam, origins.source_coords.to(dtype))  # [U, (lmax+1)^2]
+        source = self.source_coupling.to(dtype)
+        coupling = (s_source @ source.flatten(1)).view(-1, *source.shape[1:])  # [U, dim_in, K]
+        p = torch.bmm(x.index_select(0, origins.topology.source_atoms), coupling)  # [U, C, K]
+
+        s_target = solid_harmonics(self.max_lam, origins.target_coords.to(dtype))  # [N, (fmax+1)^2]
+        inverse_length = graph.lengths.to(dtype).reciprocal()  # [E]
+        aggregate = origins.topology.aggregation(self.channels)
+        outputs = []
+        for f_index, f in enumerate(self.filter_degrees):
+            columns = getattr(self, f"component_index_{f_index}")
+            target = getattr(self, f"target_coupling_{f_index}").to(dtype)
+            p_f = p if columns.numel() == p.shape[-1] else p.index_select(2, columns)
+            # stage 2: scalar-weighted sum over edges, w' = w / |r|^f
+            weights = edge_weights[:, f_index, :] * inverse_length.pow(f).unsqueeze(-1)  # [E, C]
+            q = aggregate(p_f, weights)  # [N, C, K_f]
+            # stage 3: target tensor products
+            coupling = (s_target[:, : (f + 1) ** 2] @ target.flatten(1)).view(n_nodes, *target.shape[1:])
+            outputs.append(torch.bmm(q, coupling))  # [N, C, dim of f's paths]
+        return torch.cat(outputs, dim=-1).to(out_dtype)

@@ -1,0 +1,44 @@
+"""Shared test fixtures: small graphs built without the package's own graph code."""
+
+import numpy as np
+import pytest
+import torch
+from matscipy.neighbours import neighbour_list
+
+from e2former_calc.conv import ConvGraph
+
+
+def cluster_graph(n_atoms=12, cutoff=3.5, spread=2.0, seed=0, offset=(0.0, 0.0, 0.0)):
+    """A random non-periodic cluster, every pair within the cutoff an edge (both directions)."""
+    gen = torch.Generator().manual_seed(seed)
+    positions = torch.randn(n_atoms, 3, generator=gen, dtype=torch.float64) * spread
+    positions = positions + torch.tensor(offset, dtype=torch.float64)
+    distances = torch.cdist(positions, positions)
+    mask = (distances < cutoff) & ~torch.eye(n_atoms, dtype=torch.bool)
+    receivers, senders = mask.nonzero(as_tuple=True)
+    return ConvGraph.build(positions, receivers, senders)
+
+
+def periodic_graph(positions, cell, cutoff, pbc=(True, True, True)):
+    """Edges of a periodic structure from matscipy (i receives from the image j + S)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64)
+    i, j, S = neighbour_list("ijS", positions=positions, cell=cell, pbc=np.array(pbc), cutoff=cutoff)
+    shifts = torch.from_numpy(S.astype(np.float64) @ cell)
+    return ConvGraph.build(torch.from_numpy(positions), torch.from_numpy(i), torch.from_numpy(j), shifts)
+
+
+def jittered_lattice(n_per_side, spacing=2.0, jitter=0.3, seed=0):
+    """Positions on a jittered simple cubic lattice and its cubic cell."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n_per_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    positions = (grid + 0.5) * spacing + rng.normal(scale=jitter, size=grid.shape)
+    return positions, np.eye(3) * n_per_side * spacing
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
