@@ -25,7 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cutoff_for_neighbours, jittered_lattice, machine_description, median_seconds, periodic_edges  # noqa: E402
+from common import (  # noqa: E402
+    cutoff_for_neighbours,
+    jittered_lattice,
+    machine_description,
+    median_seconds,
+    periodic_edges,
+)
 
 from e2former_calc.conv import FLOAT64_BLOCK_SIDE, ConvGraph, EdgeWiseConvolution, Wigner6jConvolution  # noqa: E402
 from e2former_calc.so3 import FeatureLayout  # noqa: E402

@@ -1,3 +1,13 @@
-"""e2former-calc: the E2Former equivariant transformer as an interatomic potential."""
+"""e2former-calc: the E2Former equivariant transformer as an interatomic potential.
+
+    from e2former_calc import E2FormerCalculator
+    atoms.calc = E2FormerCalculator.from_pretrained("e2former-emt-cu")
+"""
 
 __version__ = "0.1.0"
+
+from .calculator import E2FormerCalculator  # noqa: E402
+from .model import E2Former, E2FormerConfig  # noqa: E402
+from .predict import predict  # noqa: E402
+
+__all__ = ["E2Former", "E2FormerCalculator", "E2FormerConfig", "predict"]

@@ -42,3 +42,26 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+# -- model fixtures ---------------------------------------------------------------------------
+from e2former_calc.model import E2FormerConfig  # noqa: E402
+
+#: A small but complete configuration: two layers, two filter degrees, L_max 2.
+TEST_CONFIG = E2FormerConfig(
+    cutoff=4.0, channels=8, max_degree=2, num_layers=2, num_heads=2, head_dim=4, filter_degrees=(1, 2),
+    radial_basis=6, radial_hidden=16, species_features=4, feedforward_channels=16, average_neighbours=10.0,
+    energy_scale=2.0,
+)
+
+
+def make_calculator(dtype="float64", skin=0.0, seed=0, config=TEST_CONFIG, species=("H", "C", "O", "Cu")):
+    from e2former_calc import E2FormerCalculator
+
+    return E2FormerCalculator.from_config(config, species=species, seed=seed, device="cpu", dtype=dtype, skin=skin,
+                                          e0=[-1.0, -2.0, -3.0, -4.0][: len(species)], quiet=True)
+
+
+@pytest.fixture
+def calc():
+    return make_calculator()

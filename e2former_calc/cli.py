@@ -1,0 +1,130 @@
+"""The ``e2former`` command: ``md``, ``relax`` and ``eval``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .systems import SYSTEMS, built_in_system
+
+
+def _load_calculator(model: str, device: str, dtype: str, skin: float = 1.0):
+    from .calculator import POTENTIALS, E2FormerCalculator
+
+    if model == "untrained":
+        print("e2former: WARNING: an UNTRAINED model with random weights: the dynamics are not physical; "
+              "use it to try the workflow only", file=sys.stderr)
+        return E2FormerCalculator.from_config(species=("H", "C", "N", "O", "Cu"), device=device, dtype=dtype, skin=skin)
+    if Path(model).is_file():
+        return E2FormerCalculator.from_file(model, device=device, dtype=dtype, skin=skin)
+    if (POTENTIALS / f"{model}.pt").is_file():
+        return E2FormerCalculator.from_pretrained(model, device=device, dtype=dtype, skin=skin)
+    raise FileNotFoundError(f"no potential file {model!r} and no shipped potential of that name (or use 'untrained')")
+
+
+def _structure(args):
+    from .workflows import read_structures
+
+    if args.structure:
+        frames = read_structures(args.structure)
+        return frames[-1]
+    return built_in_system(args.system)
+
+
+def _add_model_options(parser, default_dtype):
+    parser.add_argument("--model", default="untrained",
+                        help="potential file, shipped potential name, or 'untrained' (default; random weights)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--dtype", default=default_dtype, choices=("float32", "float64"))
+
+
+def _add_structure_options(parser, default_system):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--structure", help="any ASE-readable structure file (its last frame)")
+    group.add_argument("--system", default=default_system, choices=sorted(SYSTEMS),
+                       help=f"built-in system (default {default_system})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2former", description="E2Former interatomic potential: MD, relaxation, evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    md = sub.add_parser("md", help="molecular dynamics (NVE, Langevin NVT, NPT)")
+    _add_model_options(md, "float32")
+    _add_structure_options(md, "ethanol")
+    md.add_argument("--ensemble", default="nve", choices=("nve", "nvt", "npt"))
+    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    md.add_argument("--temperature", type=float, default=300.0, help="K: initial velocities and thermostat")
+    md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    md.add_argument("--pressure", type=float, default=1.0, help="NPT pressure, bar")
+    md.add_argument("--trajectory", default="md.traj")
+    md.add_argument("--log", default="md.log")
+    md.add_argument("--interval", type=int, default=10, help="steps between frames and log lines")
+    md.add_argument("--skin", type=float, default=1.0, help="Verlet skin, Å")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--resume", action="store_true", help="continue from the last frame of --trajectory")
+
+    relax = sub.add_parser("relax", help="geometry (and cell) optimisation")
+    _add_model_options(relax, "float64")
+    _add_structure_options(relax, "ethanol")
+    relax.add_argument("--optimizer", default="fire", choices=("fire", "bfgs"))
+    relax.add_argument("--fmax", type=float, default=0.05, help="eV/Å")
+    relax.add_argument("--steps", type=int, default=500)
+    relax.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
+    relax.add_argument("--output", default="relaxed.extxyz")
+    relax.add_argument("--trajectory", default=None)
+
+    ev = sub.add_parser("eval", help="energies and forces of every structure in a file, to extxyz")
+    ev.add_argument("potential", help="potential file, shipped potential name, or 'untrained'")
+    ev.add_argument("data", help="any ASE-readable file")
+    ev.add_argument("--output", default="predictions.extxyz")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .workflows import energy_drift_text, read_structures, run_eval, run_md, run_relax
+
+    try:
+        if args.command == "md":
+            atoms = _structure(args)
+            atoms.calc = _load_calculator(args.model, args.device, args.dtype, args.skin)
+            report = run_md(atoms, args.ensemble, args.steps, args.timestep, args.temperature, args.friction,
+                            args.pressure, args.trajectory, args.log, args.interval, args.seed, args.resume)
+            rate = report.steps / report.seconds if report.seconds else float("nan")
+            print(f"{report.steps} steps of {len(atoms)} atoms in {report.seconds:.1f} s "
+                  f"({rate:.1f} steps/s, {rate * len(atoms):.0f} atom·steps/s); trajectory {args.trajectory}")
+            if report.energy_drift_per_atom_per_ps is not None:
+                print(energy_drift_text(report))
+        elif args.command == "relax":
+            atoms = _structure(args)
+            atoms.calc = _load_calculator(args.model, args.device, args.dtype, skin=0.0)
+            converged = run_relax(atoms, args.optimizer, args.fmax, args.steps, args.cell, args.trajectory)
+            from ase.io import write
+
+            write(args.output, atoms, format="extxyz")
+            print(f"{'converged' if converged else 'NOT converged'}: E = {atoms.get_potential_energy():.6f} eV; wrote {args.output}")
+            return 0 if converged else 1
+        else:
+            frames = read_structures(args.data)
+            calc = _load_calculator(args.potential, args.device, args.dtype, skin=0.0)
+            _, summary = run_eval(frames, calc, args.output, args.batch_size)
+            print(f"{len(frames)} structures; wrote {args.output}")
+            for key, value in summary.items():
+                print(f"{key}: {value:.6f}")
+    except KeyboardInterrupt:
+        print("\ne2former: stopped; files written so far are complete", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as error:
+        print(f"e2former: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Equivariant attention whose values are aggregated by the Wigner 6j convolution."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..conv import ConvGraph, PathMixing, Wigner6jConvolution, scatter_sum
+from ..so3 import FeatureLayout
+from .layers import DegreeLinear, degree_slices
+from .radial import RadialNetwork
+
+
+def smooth_softmax(logits: torch.Tensor, envelope: torch.Tensor, receivers: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Attention weights that vanish smoothly with the envelope, a lone neighbour included.
+
+    ``alpha_ij = u_ij exp(l_ij) / (1 + sum_k u_ik exp(l_ik))``: a softmax over the neighbours and
+    one "nobody" entry of logit 0, each neighbour weighted by its cutoff envelope ``u``. When the
+    last neighbour of ``i`` leaves (``u -> 0``) its weight goes to zero with ``u``; an edge beyond
+    the cutoff (``u = 0``) contributes exactly nothing, so extra pairs in a Verlet list change
+    nothing. ``logits``: ``[E, H]``; ``envelope``: ``[E]``.
+    """
+    with torch.no_grad():  # a shift that cancels exactly; only for overflow safety
+        shift = torch.zeros(n_nodes, logits.shape[1], dtype=logits.dtype, device=logits.device)
+        if logits.numel():
+            shift = shift.scatter_reduce(0, receivers[:, None].expand_as(logits), logits, reduce="amax")
+    numerators = envelope[:, None] * torch.exp(logits - shift[receivers])
+    denominators = torch.exp(-shift) + scatter_sum(numerators, receivers, n_nodes)
+    return numerators / denominators[receivers]
+
+
+class EquivariantAttention(nn.Module):
+    """Multi-head attention over the neighbour graph, values through the Wigner 6j convolution.
+
+    For edge ``i <- j`` and head ``h``: invariant queries ``q_i`` and keys ``k_j`` from all degrees
+    of the node features; logit ``<q_ih, k_jh>/sqrt(d)`` plus a radial bias of
+    ``(|r_ij|, Z_i, Z_j)``; weights ``alpha`` from :func:`smooth_softmax`. The convolution's
+    per-edge, per-channel weight is ``alpha_ij,h(c) * phi_c,f(|r_ij|, Z_i, Z_j)``; its path
+    outputs are mixed by a :class:`~e2former_calc.conv.PathMixing` on the nodes.
+
+    ``[N, C, D] -> [N, C, D]``.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        c, lmax = config.channels, config.max_degree
+        self.num_heads, self.head_dim, self.max_degree = config.num_heads, config.head_dim, lmax
+        self.invariant_map = DegreeLinear(lmax, c, c, bias=False)
+        n_invariants = c * (lmax + 1)
+        self.queries = nn.Sequential(nn.Linear(n_invariants, c), nn.SiLU(), nn.Linear(c, config.num_heads * config.head_dim))
+        self.keys = nn.Sequential(nn.Linear(n_invariants, c), nn.SiLU(), nn.Linear(c, config.num_heads * config.head_dim))
+        n_f = len(config.filter_degrees)
+        self.radial = RadialNetwork(config.radial_basis, config.species_features, config.radial_hidden, config.num_heads + n_f * c)
+        layout = FeatureLayout.spherical(lmax)
+        self.convolution = Wigner6jConvolution(layout, c, config.filter_degrees, layout)
+        self.mixing = PathMixing(self.convolution.paths, layout, c, c)
+
+    def invariants(self, h: torch.Tensor) -> torch.Tensor:
+        """``[N, C, D] -> [N, C (L_max + 1)]``: scalars and ``|z_l|^2 / (2l+1)`` of ``z = W h``."""
+        z = self.invariant_map(h)
+        parts = [z[:, :, 0]] + [z[:, :, s].pow(2).mean(-1) for s in degree_slices(self.max_degree)[1:]]
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, h, graph: ConvGraph, basis, species_i, species_j, envelope):
+        n_edges, c = graph.n_edges, h.shape[1]
+        invariants = self.invariants(h)
+        q = self.queries(invariants).view(-1, self.num_heads, self.head_dim)
+        k = self.keys(invariants).view(-1, self.num_heads, self.head_dim)
+        radial = self.radial(basis, species_i, species_j)  # [E, H + n_f C]
+        logits = (q[graph.receivers] * k[graph.senders]).sum(-1) / math.sqrt(self.head_dim) + radial[:, : self.num_heads]
+        alpha = smooth_softmax(logits, envelope, graph.receivers, graph.n_nodes)  # [E, H]
+        alpha = alpha.repeat_interleave(c // self.num_heads, dim=1)  # [E, C]
+        phi = radial[:, self.num_heads :].view(n_edges, len(self.convolution.filter_degrees), c)  # [E, n_f, C]
+        return self.mixing(self.convolution(h, graph, alpha[:, None, :] * phi))

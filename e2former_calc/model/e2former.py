@@ -1,0 +1,111 @@
+"""The E2Former network: per-atom energies from species and a neighbour graph."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..conv import ConvGraph, scatter_sum
+from ..so3 import spherical_harmonics
+from .attention import EquivariantAttention
+from .config import E2FormerConfig
+from .layers import EquivariantRMSNorm, GatedFeedForward
+from .radial import BesselBasis, RadialNetwork, polynomial_envelope
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    """Initial features: species embedding on ``l = 0`` plus, for every ``l``,
+    ``sum_j phi_l,c(|r_ij|, Z_i, Z_j) u(|r_ij|) Y_l(r_ij) / average_neighbours``."""
+
+    def __init__(self, config: E2FormerConfig, num_species: int):
+        super().__init__()
+        self.max_degree, self.channels = config.max_degree, config.channels
+        self.average_neighbours = config.average_neighbours
+        self.species = nn.Embedding(num_species, config.channels)
+        self.radial = RadialNetwork(
+            config.radial_basis, config.species_features, config.radial_hidden, (config.max_degree + 1) * config.channels
+        )
+
+    def forward(self, species, graph: ConvGraph, basis, species_i, species_j, envelope):
+        dtype = basis.dtype
+        phi = self.radial(basis, species_i, species_j).view(graph.n_edges, self.max_degree + 1, self.channels)
+        phi = phi * envelope[:, None, None]
+        vectors = graph.vectors.to(dtype)
+        blocks = [phi[:, l, :, None] * spherical_harmonics(l, vectors)[:, None, :] for l in range(self.max_degree + 1)]
+        messages = torch.cat(blocks, dim=-1)  # [E, C, D]
+        h = scatter_sum(messages, graph.receivers, graph.n_nodes) / self.average_neighbours
+        return torch.cat([h[:, :, :1] + self.species(species)[:, :, None], h[:, :, 1:]], dim=-1)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: ``h += Attention(Norm(h)); h += FeedForward(Norm(h))``."""
+
+    def __init__(self, config: E2FormerConfig):
+        super().__init__()
+        self.attention_norm = EquivariantRMSNorm(config.max_degree, config.channels)
+        self.attention = EquivariantAttention(config)
+        self.feedforward_norm = EquivariantRMSNorm(config.max_degree, config.channels)
+        self.feedforward = GatedFeedForward(config.max_degree, config.channels, config.feedforward_channels)
+
+    def forward(self, h, graph, basis, species_i, species_j, envelope):
+        h = h + self.attention(self.attention_norm(h), graph, basis, species_i, species_j, envelope)
+        return h + self.feedforward(self.feedforward_norm(h))
+
+
+class E2Former(nn.Module):
+    """Per-atom energies ``E_i + E0[Z_i]`` of atoms on a neighbour graph.
+
+    Args:
+        config: the hyper-parameters.
+        atomic_numbers: the species the model knows, in the order of its species indices.
+        e0: per-species reference energies (eV), same order; zeros if None.
+
+    Forward:
+        species: ``[N]`` species index of each atom (position in ``atomic_numbers``).
+        graph: :class:`~e2former_calc.conv.ConvGraph` (float64 positions and edge vectors).
+
+    Returns:
+        ``[N]`` per-atom energies, float64 (the network runs in its parameters' dtype; the
+        reference energies E0 are added in float64); the total energy is their sum.
+    """
+
+    def __init__(self, config: E2FormerConfig, atomic_numbers, e0=None):
+        super().__init__()
+        self.config = config
+        self.atomic_numbers = tuple(int(z) for z in atomic_numbers)
+        if len(set(self.atomic_numbers)) != len(self.atomic_numbers) or not self.atomic_numbers:
+            raise ValueError(f"atomic_numbers must be distinct and non-empty, got {atomic_numbers}")
+        n = len(self.atomic_numbers)
+        self.e0 = tuple(0.0 for _ in range(n)) if e0 is None else tuple(float(e) for e in e0)
+        if len(self.e0) != n:
+            raise ValueError(f"e0 must have one energy per species ({n}), got {len(self.e0)}")
+        self.basis = BesselBasis(config.cutoff, config.radial_basis)
+        self.species_features = nn.Embedding(n, config.species_features)
+        self.embedding = EdgeDegreeEmbedding(config, n)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.readout_norm = EquivariantRMSNorm(config.max_degree, config.channels)
+        self.readout = nn.Sequential(nn.Linear(config.channels, config.channels), nn.SiLU(), nn.Linear(config.channels, 1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the parameters (the network's precision)."""
+        return self.readout[0].weight.dtype
+
+    def forward(self, species: torch.Tensor, graph: ConvGraph) -> torch.Tensor:
+        dtype = self.dtype
+        lengths = graph.lengths.to(dtype)
+        basis = self.basis(lengths)
+        envelope = polynomial_envelope(lengths, self.config.cutoff, self.config.envelope_exponent)
+        features = self.species_features(species)
+        species_i, species_j = features[graph.receivers], features[graph.senders]
+        h = self.embedding(species, graph, basis, species_i, species_j, envelope)
+        for block in self.blocks:
+            h = block(h, graph, basis, species_i, species_j, envelope)
+        scalars = self.readout_norm(h)[:, :, 0]
+        e0 = torch.tensor(self.e0, dtype=torch.float64, device=species.device)
+        return self.readout(scalars).squeeze(-1).double() * self.config.energy_scale + e0[species]
+
+
+def structure_energies(atom_energies: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
+    """``[N] -> [S]``: the per-atom energies summed per structure."""
+    return scatter_sum(atom_energies, batch, n_structures)

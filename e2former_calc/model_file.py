@@ -1,0 +1,99 @@
+"""Potential files: one file per potential, loaded without executing code.
+
+A file is ``torch.save`` of a plain dictionary of numbers, strings, lists and tensors::
+
+    format          "e2former-calc-potential"
+    format_version  1
+    config          E2FormerConfig.to_dict()
+    atomic_numbers  species of the model, in order
+    e0              reference energy of each species (eV)
+    cutoff          Å (the same as config["cutoff"], for readers that look only at this)
+    dtype           "float32" or "float64": the precision the weights were trained in
+    provenance      free-form strings: data, training, software versions, date
+    state_dict      the weights
+
+:func:`load_model` reads it with ``torch.load(..., weights_only=True)``, which refuses pickled
+code; a truncated, corrupted or foreign file raises :class:`ModelFileError` saying so.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .model import E2Former, E2FormerConfig
+
+FORMAT = "e2former-calc-potential"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """The file is not a readable e2former-calc potential."""
+
+
+def save_model(model: E2Former, path, provenance: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (a crash never leaves a half-written file)."""
+    path = Path(path)
+    info = {"software": f"e2former-calc {__version__}, torch {torch.__version__}", "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    info.update({str(k): str(v) for k, v in (provenance or {}).items()})
+    content = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "atomic_numbers": list(model.atomic_numbers),
+        "e0": list(model.e0),
+        "cutoff": float(model.config.cutoff),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "provenance": info,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(content, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def read_model_file(path) -> dict:
+    """The checked contents of a potential file (no code is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"potential file not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle, code in the pickle, ...
+        raise ModelFileError(f"{path} is not a readable e2former-calc potential file ({type(error).__name__}: {error})") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not an e2former-calc potential file (no '{FORMAT}' format tag)")
+    version = content.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {version!r}; this e2former-calc reads versions up to {FORMAT_VERSION}")
+    missing = [k for k in ("config", "atomic_numbers", "e0", "state_dict", "dtype") if k not in content]
+    if missing:
+        raise ModelFileError(f"{path} lacks the entries {', '.join(missing)}")
+    return content
+
+
+def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[E2Former, dict]:
+    """The model in ``path`` on ``device`` in ``dtype`` (default: the file's), and the file's metadata."""
+    content = read_model_file(path)
+    try:
+        config = E2FormerConfig.from_dict(content["config"])
+        model = E2Former(config, content["atomic_numbers"], content["e0"])
+        model.load_state_dict(content["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: the weights do not fit the stated hyper-parameters ({error})") from None
+    dtype = dtype or getattr(torch, content["dtype"])
+    model = model.to(device=device, dtype=dtype).eval()
+    metadata = {k: v for k, v in content.items() if k != "state_dict"}
+    return model, metadata

@@ -1,0 +1,140 @@
+"""Neighbour lists from matscipy for any cell: periodic, non-periodic, mixed, triclinic, small.
+
+:func:`neighbour_list` returns every pair ``(i, j, S)`` with ``|r_j + S @ cell - r_i| < cutoff``,
+``i != j`` or ``S != 0`` (an atom sees its own periodic images when the cell is short). Integer
+shifts ``S`` are zero along non-periodic axes.
+
+matscipy needs a cell that holds the atoms along non-periodic axes. Those axes are replaced by a
+box built around the atoms (perpendicular to the periodic axes, sized from the atoms' extent),
+and the atoms are moved into it before the search: the result does not depend on where the
+structure sits, and a molecule 10,000 Å from the origin costs what it costs at the origin.
+
+:class:`VerletList` keeps a list built with a cutoff ``cutoff + skin`` until an atom has moved
+more than ``skin / 2`` (or the cell, the periodicity or the atoms change): pairs that come within
+the cutoff in between are then already in it. Pairs beyond the cutoff stay in the list; the model
+gives them exactly zero weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from matscipy.neighbours import neighbour_list as _matscipy_neighbour_list
+
+#: Axes names for error messages.
+AXES = ("a (first cell vector)", "b (second cell vector)", "c (third cell vector)")
+
+
+@dataclass
+class Neighbours:
+    """Pairs within the cutoff: receiver ``i``, sender ``j``, integer image shift ``S`` of ``j``."""
+
+    receivers: np.ndarray  # [E] int64
+    senders: np.ndarray  # [E] int64
+    shifts: np.ndarray  # [E, 3] int64
+    cutoff: float
+
+
+def check_cell(cell: np.ndarray, pbc: np.ndarray) -> None:
+    """Raise ValueError naming the axis when a periodic cell vector is zero, non-finite or
+    linearly dependent on the other periodic ones."""
+    cell = np.asarray(cell, dtype=np.float64)
+    if not np.all(np.isfinite(cell)):
+        raise ValueError("the cell contains a non-finite number")
+    periodic = [k for k in range(3) if pbc[k]]
+    for k in periodic:
+        if np.linalg.norm(cell[k]) < 1e-8:
+            raise ValueError(f"cell axis {AXES[k]} is periodic but its cell vector is zero")
+    if len(periodic) >= 2:
+        vectors = cell[periodic]
+        singular = np.linalg.svd(vectors, compute_uv=False)
+        if singular[-1] < 1e-6 * singular[0]:
+            names = ", ".join(AXES[k] for k in periodic)
+            raise ValueError(f"the periodic cell vectors ({names}) are degenerate: they span less than {len(periodic)} dimensions")
+
+
+def _search_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """A cell for matscipy: periodic vectors kept, the others replaced by a box around the
+    atoms; and the positions moved into that box (only along the replaced directions)."""
+    periodic = [k for k in range(3) if pbc[k]]
+    free = [k for k in range(3) if not pbc[k]]
+    if not free:
+        return positions, cell
+    # orthonormal directions perpendicular to the periodic vectors
+    if periodic:
+        q, _ = np.linalg.qr(np.concatenate([cell[periodic].T, np.eye(3)], axis=1))
+        directions = q[:, len(periodic) : len(periodic) + len(free)].T
+    else:
+        directions = np.eye(3)
+    new_cell = cell.copy()
+    moved = positions.copy()
+    for k, direction in zip(free, directions):
+        coordinate = positions @ direction
+        extent = coordinate.max() - coordinate.min()
+        new_cell[k] = direction * (extent + 2 * cutoff + 1.0)
+        moved += np.outer(cutoff + 0.5 - coordinate.min(), direction)
+    return moved, new_cell
+
+
+def neighbour_list(positions, cell, pbc, cutoff: float) -> Neighbours:
+    """All pairs closer than ``cutoff`` (Å).
+
+    Args:
+        positions: ``[N, 3]`` Cartesian positions (any, wrapped or not).
+        cell: ``[3, 3]`` cell vectors as rows; only the periodic ones are used.
+        pbc: three booleans.
+        cutoff: radius in Å.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    check_cell(cell, pbc)
+    if len(positions) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Neighbours(empty, empty, np.zeros((0, 3), dtype=np.int64), cutoff)
+    moved, search_cell = _search_cell(positions, cell, pbc, cutoff)
+    i, j, S = _matscipy_neighbour_list("ijS", positions=moved, cell=search_cell, pbc=pbc, cutoff=cutoff)
+    S = S.astype(np.int64)
+    S[:, ~pbc] = 0
+    return Neighbours(i.astype(np.int64), j.astype(np.int64), S, cutoff)
+
+
+class VerletList:
+    """A neighbour list with a skin, rebuilt only when needed.
+
+    Args:
+        cutoff: the model's cutoff (Å).
+        skin: extra radius (Å); 0 rebuilds at every call.
+
+    ``update(positions, cell, pbc, numbers)`` returns the current :class:`Neighbours` (cutoff
+    ``cutoff + skin``) and whether it was rebuilt.
+    """
+
+    def __init__(self, cutoff: float, skin: float = 1.0):
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0, got {skin}")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self._state = None
+        self.builds = 0
+
+    def update(self, positions, cell, pbc, numbers) -> tuple[Neighbours, bool]:
+        positions = np.asarray(positions, dtype=np.float64)
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        pbc = np.asarray(pbc, dtype=bool).reshape(3)
+        numbers = np.asarray(numbers)
+        if self._state is not None and self.skin > 0:
+            old_positions, old_cell, old_pbc, old_numbers, neighbours = self._state
+            if (
+                old_positions.shape == positions.shape
+                and np.array_equal(old_numbers, numbers)
+                and np.array_equal(old_pbc, pbc)
+                and np.array_equal(old_cell, cell)
+            ):
+                moved = np.sqrt(((positions - old_positions) ** 2).sum(axis=1)).max(initial=0.0)
+                if moved <= self.skin / 2:
+                    return neighbours, False
+        neighbours = neighbour_list(positions, cell, pbc, self.cutoff + self.skin)
+        self._state = (positions.copy(), cell.copy(), pbc.copy(), numbers.copy(), neighbours)
+        self.builds += 1
+        return neighbours, True

@@ -1,0 +1,35 @@
+"""Built-in structures for demos, examples and benchmarks."""
+
+from __future__ import annotations
+
+from ase import Atoms
+from ase.build import bulk, molecule
+
+
+def _water_box() -> Atoms:
+    water = molecule("H2O")
+    atoms = Atoms()
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                copy = water.copy()
+                copy.translate([3.1 * i + 1.0, 3.1 * j + 1.0, 3.1 * k + 1.0])
+                atoms += copy
+    atoms.cell = [9.3, 9.3, 9.3]
+    atoms.pbc = True
+    return atoms
+
+
+SYSTEMS = {
+    "ethanol": ("an ethanol molecule (9 atoms, no periodicity)", lambda: molecule("CH3CH2OH")),
+    "benzene": ("a benzene molecule (12 atoms, no periodicity)", lambda: molecule("C6H6")),
+    "water-box": ("27 water molecules in a periodic 9.3 Å box (81 atoms)", _water_box),
+    "copper": ("fcc copper, 3x3x3 cubic cells (108 atoms, periodic)", lambda: bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)),
+}
+
+
+def built_in_system(name: str) -> Atoms:
+    """A fresh copy of the built-in system ``name`` (see :data:`SYSTEMS`)."""
+    if name not in SYSTEMS:
+        raise ValueError(f"unknown built-in system {name!r}; choose one of {', '.join(SYSTEMS)}")
+    return SYSTEMS[name][1]()

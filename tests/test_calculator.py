@@ -1,0 +1,221 @@
+"""The ASE calculator: derivatives, symmetries, periodicity, precision and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from conftest import make_calculator
+
+from e2former_calc import predict
+from e2former_calc.predictor import MINIMUM_DISTANCE
+
+
+def copper(repeat=(2, 2, 2), seed=1):
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(repeat)
+    atoms.rattle(0.1, seed=seed)
+    return atoms
+
+
+def triclinic():
+    atoms = Atoms("CuCuOH", positions=[[0.1, 0.2, 0.1], [1.8, 1.1, 0.6], [0.9, 2.2, 1.9], [2.6, 0.4, 2.2]],
+                  cell=[[3.4, 0.0, 0.0], [0.9, 3.1, 0.0], [0.5, 0.7, 3.3]], pbc=True)
+    return atoms
+
+
+def energy(atoms, calc):
+    atoms = atoms.copy()
+    atoms.calc = calc
+    return atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize("structure", ["molecule", "copper", "triclinic"])
+def test_forces_are_minus_the_numerical_gradient(calc, structure):
+    atoms = {"molecule": molecule("CH3CH2OH"), "copper": copper(), "triclinic": triclinic()}[structure]
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    numerical = calculate_numerical_forces(atoms, eps=1e-4)
+    assert np.abs(forces).max() > 1e-3, "forces too small for the test to mean anything"
+    assert np.abs(forces - numerical).max() < 1e-6 * max(1.0, np.abs(forces).max())
+
+
+@pytest.mark.parametrize("structure", ["copper", "triclinic"])
+def test_stress_is_the_numerical_strain_derivative(calc, structure):
+    atoms = {"copper": copper(), "triclinic": triclinic()}[structure]
+    atoms.calc = calc
+    stress = atoms.get_stress()
+    numerical = calculate_numerical_stress(atoms, eps=1e-5)
+    assert np.abs(stress).max() > 1e-4
+    assert np.abs(stress - numerical).max() < 1e-7
+
+
+def test_per_atom_energies_sum_to_the_energy_and_free_energy_equals_energy(calc):
+    atoms = copper()
+    atoms.calc = calc
+    assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+    assert calc.get_property("free_energy", atoms) == atoms.get_potential_energy()
+
+
+def test_rotation_reflection_translation_and_permutation(calc):
+    atoms = triclinic()
+    atoms.calc = calc
+    e, f = atoms.get_potential_energy(), atoms.get_forces()
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    for matrix in (q * np.sign(np.linalg.det(q)), -q * np.sign(np.linalg.det(q))):  # a rotation, then a reflection
+        moved = atoms.copy()
+        moved.set_cell(atoms.cell.array @ matrix.T, scale_atoms=False)
+        moved.positions = atoms.positions @ matrix.T + np.array([3.0, -7.0, 11.0])
+        moved.calc = calc
+        assert moved.get_potential_energy() == pytest.approx(e, abs=1e-10)
+        assert np.abs(moved.get_forces() - f @ matrix.T).max() < 1e-10
+    order = rng.permutation(len(atoms))
+    permuted = atoms[order]
+    permuted.calc = calc
+    assert permuted.get_potential_energy() == pytest.approx(e, abs=1e-10)
+    assert np.abs(permuted.get_forces() - f[order]).max() < 1e-10
+
+
+def test_energy_is_extensive_and_a_cell_shorter_than_the_cutoff_is_fine(calc):
+    small = bulk("Cu", "fcc", a=3.6)  # one atom, cell vectors 2.5 Å < cutoff 4 Å
+    small.rattle(0.0)
+    assert max(small.cell.lengths()) < calc.cutoff
+    for repeat in ((2, 1, 1), (2, 3, 1)):
+        n = np.prod(repeat)
+        assert energy(small.repeat(repeat), calc) == pytest.approx(n * energy(small, calc), rel=1e-11)
+
+
+def test_wrapped_and_unwrapped_positions_agree(calc):
+    atoms = copper()
+    unwrapped = atoms.copy()
+    unwrapped.positions[::3] += atoms.cell[0] * 2 - atoms.cell[2]
+    assert energy(unwrapped, calc) == pytest.approx(energy(atoms, calc), abs=1e-10)
+
+
+def test_molecule_far_from_the_origin(calc):
+    atoms = molecule("CH3CH2OH")
+    far = atoms.copy()
+    far.positions += 10_000.0
+    assert energy(far, calc) == pytest.approx(energy(atoms, calc), abs=1e-9)
+
+
+def test_energy_and_forces_are_smooth_where_a_lone_neighbour_leaves(calc):
+    """A C-O dimer pulled through the cutoff: energy and force reach the isolated values continuously."""
+    isolated = energy(Atoms("C", positions=[[0, 0, 0]]), calc) + energy(Atoms("O", positions=[[0, 0, 0]]), calc)
+    values = []
+    for r in (calc.cutoff - 1e-2, calc.cutoff - 1e-3, calc.cutoff + 1e-3):
+        dimer = Atoms("CO", positions=[[0, 0, 0], [r, 0, 0]])
+        dimer.calc = calc
+        values.append((dimer.get_potential_energy() - isolated, np.abs(dimer.get_forces()).max()))
+    (e2, f2), (e3, f3), (e4, f4) = values
+    assert e4 == 0.0 and f4 == 0.0
+    # C² envelope: energy ~ delta^3, force ~ delta^2 near the cutoff
+    assert abs(e3) < 1e-6 and f3 < 1e-4
+    assert abs(e2) > abs(e3) and f2 > f3
+
+
+def test_batched_prediction_equals_one_by_one(calc):
+    structures = [molecule("CH3CH2OH"), copper(), triclinic(), copper((1, 2, 1), seed=4)]
+    batched = predict(structures, calc, batch_size=3)
+    for atoms, result in zip(structures, batched):
+        atoms.calc = calc
+        assert result["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+        assert np.abs(result["forces"] - atoms.get_forces()).max() < 1e-10
+        if atoms.pbc.all():
+            assert np.abs(result["stress"] - atoms.get_stress()).max() < 1e-12
+        else:
+            assert "stress" not in result
+
+
+def test_float32_agrees_with_float64():
+    atoms = copper((3, 3, 3))
+    e64 = energy(atoms, make_calculator("float64"))
+    calc32 = make_calculator("float32")
+    atoms32 = atoms.copy()
+    atoms32.calc = calc32
+    e32 = atoms32.get_potential_energy()
+    atoms.calc = make_calculator("float64")
+    f64 = atoms.get_forces()
+    assert abs(e32 - e64) / len(atoms) < 1e-5
+    assert np.abs(atoms32.get_forces() - f64).max() < 1e-4 * max(1.0, np.abs(f64).max())
+
+
+def test_stress_is_refused_for_a_molecule(calc):
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    atoms = molecule("H2O")
+    atoms.calc = calc
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: molecule("NH3"), r"element N \(atom 0\) is not known to this potential; it knows H, C, O, Cu"),
+        (lambda: Atoms(), "no atoms"),
+        (lambda: Atoms("CO", positions=[[0, 0, 0], [np.nan, 0, 0]]), r"atom 1 \(O\) has a non-finite position"),
+        (lambda: Atoms("Cu", cell=[[0, 0, 0], [0, 3, 0], [0, 0, 3]], pbc=True), r"cell axis a .* vector is zero"),
+        (lambda: Atoms("Cu", cell=[[3, 0, 0], [6, 0, 0], [0, 0, 3]], pbc=True), "degenerate"),
+        (lambda: Atoms("Cu", cell=[[3, 0, 0], [0, np.inf, 0], [0, 0, 3]], pbc=True), "non-finite"),
+        (lambda: Atoms("COH", positions=[[0, 0, 0], [3, 0, 0], [3.2, 0, 0]]), r"atoms 1 \(O\) and 2 \(H\) .* 0\.200 Å apart"),
+    ],
+)
+def test_bad_input_is_named(calc, make, message):
+    atoms = make()
+    atoms.calc = calc
+    with pytest.raises(ValueError, match=message):
+        atoms.get_potential_energy()
+
+
+def test_minimum_distance_is_documented_and_below_chemical_bonds():
+    assert 0.1 < MINIMUM_DISTANCE < 0.7
+
+
+def test_verlet_skin_gives_the_same_trajectory_as_rebuilding_every_step():
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    runs = []
+    for skin in (0.0, 1.0):
+        atoms = copper()
+        atoms.calc = make_calculator(skin=skin)
+        rng = np.random.default_rng(0)
+        atoms.set_momenta(rng.normal(scale=0.3, size=(len(atoms), 3)))
+        VelocityVerlet(atoms, timestep=2 * units.fs).run(30)
+        runs.append((atoms.positions.copy(), atoms.calc.predictor.verlet.builds))
+    (p0, builds0), (p1, builds1) = runs
+    assert builds1 < builds0
+    assert np.abs(p0 - p1).max() < 1e-10
+
+
+def test_nve_conserves_energy_in_float64():
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = copper()
+    atoms.calc = make_calculator(skin=1.0)
+    atoms.set_momenta(np.random.default_rng(1).normal(scale=0.5, size=(len(atoms), 3)))
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    potential, total = [], []
+    for _ in range(20):
+        dyn.run(5)
+        potential.append(atoms.get_potential_energy())
+        total.append(potential[-1] + atoms.get_kinetic_energy())
+    swing = max(potential) - min(potential)
+    assert swing > 1e-4, "the potential energy barely moved: the test would pass for any integrator"
+    assert max(total) - min(total) < 0.02 * swing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    atoms = copper()
+    cpu = energy(atoms, make_calculator("float64"))
+    from conftest import TEST_CONFIG
+
+    from e2former_calc import E2FormerCalculator
+
+    gpu = E2FormerCalculator.from_config(TEST_CONFIG, species=("H", "C", "O", "Cu"), e0=[-1.0, -2.0, -3.0, -4.0],
+                                         device="cuda", dtype="float64", quiet=True)
+    assert energy(atoms, gpu) == pytest.approx(cpu, abs=1e-9)

@@ -1,0 +1,29 @@
+"""Every script in md_examples/ runs (short settings) and prints its result."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "md_examples"
+SCRIPTS = {
+    "nve_energy_drift.py": (["--steps", "40"], "energy drift"),
+    "langevin_nvt.py": (["--steps", "10"], "wrote water_nvt.traj"),
+    "npt_crystal.py": (["--steps", "10"], "GPa"),
+    "relax_structures.py": (["--steps", "20"], "copper: E ="),
+    "batch_predict.py": ([], "max |F|"),
+}
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("[a-z]*.py")) == sorted(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_example_runs(script, tmp_path):
+    args, expected = SCRIPTS[script]
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected in result.stdout

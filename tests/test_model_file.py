@@ -1,0 +1,100 @@
+"""Potential files: round trip, and clear errors for anything that is not one."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from conftest import make_calculator
+
+from e2former_calc import E2FormerCalculator
+from e2former_calc.model_file import ModelFileError, read_model_file
+
+
+def test_save_and_load_give_bit_identical_weights_and_outputs(tmp_path):
+    """The weights and the network's outputs round-trip bit for bit; the calculator's energies
+    agree to rounding (a loaded model's tensors sit elsewhere in memory, which can move the last
+    bit of a BLAS reduction in the backward pass)."""
+    from e2former_calc.conv import ConvGraph
+    from e2former_calc.neighbours import neighbour_list
+
+    calc = make_calculator(seed=3)
+    path = calc.save(tmp_path / "pot.pt", provenance={"data": "none, untrained"})
+    loaded = E2FormerCalculator.from_file(path, device="cpu", quiet=True)
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+    atoms.rattle(0.05, seed=2)
+    results = []
+    for c in (calc, loaded):
+        a = atoms.copy()
+        a.calc = c
+        results.append((a.get_potential_energy(), a.get_forces(), a.get_stress()))
+    for name, value in calc.model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[name]), name
+    nb = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, calc.cutoff)
+    shifts = torch.tensor(nb.shifts, dtype=torch.float64) @ torch.tensor(atoms.cell.array)
+    species = torch.full((len(atoms),), 3)
+    outputs = []
+    for model in (calc.model, loaded.model):
+        graph = ConvGraph.build(torch.tensor(atoms.positions), torch.tensor(nb.receivers), torch.tensor(nb.senders), shifts)
+        with torch.no_grad():
+            outputs.append(model(species, graph))
+    assert torch.equal(outputs[0], outputs[1])
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-12)
+    assert np.abs(results[0][1] - results[1][1]).max() < 1e-12 and np.abs(results[0][2] - results[1][2]).max() < 1e-12
+    content = read_model_file(path)
+    assert content["format_version"] == 1 and content["atomic_numbers"] == [1, 6, 8, 29]
+    assert content["cutoff"] == calc.cutoff and content["e0"] == [-1.0, -2.0, -3.0, -4.0]
+    assert content["provenance"]["data"] == "none, untrained" and "torch" in content["provenance"]["software"]
+    assert loaded.cutoff == calc.cutoff
+
+
+def test_float32_loading_of_a_float64_file(tmp_path):
+    path = make_calculator().save(tmp_path / "pot.pt")
+    loaded = E2FormerCalculator.from_file(path, device="cpu", dtype="float32", quiet=True)
+    assert loaded.model.dtype == torch.float32
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "pickle-with-code", "other-dict", "future-version", "wrong-weights"])
+def test_unreadable_files_raise_clear_errors(tmp_path, kind, capsys):
+    good = make_calculator().save(tmp_path / "good.pt")
+    bad = tmp_path / "bad.pt"
+    if kind == "truncated":
+        bad.write_bytes(good.read_bytes()[:2000])
+    elif kind == "garbage":
+        bad.write_bytes(b"\x00not a potential at all" * 10)
+    elif kind == "pickle-with-code":
+        torch.save({"format": "e2former-calc-potential", "payload": _Evil()}, bad)
+    elif kind == "other-dict":
+        torch.save({"weights": torch.zeros(3)}, bad)
+    elif kind == "future-version":
+        content = torch.load(good, weights_only=True)
+        content["format_version"] = 99
+        torch.save(content, bad)
+    else:
+        content = torch.load(good, weights_only=True)
+        content["config"]["channels"] = 12
+        torch.save(content, bad)
+    with pytest.raises(ModelFileError, match="bad.pt"):
+        E2FormerCalculator.from_file(bad, device="cpu", quiet=True)
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_missing_file_and_unknown_pretrained_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        E2FormerCalculator.from_file(tmp_path / "nothing.pt")
+    with pytest.raises(ValueError, match="no shipped potential named 'no-such-potential'"):
+        E2FormerCalculator.from_pretrained("no-such-potential")
+
+
+def test_pickle_module_is_not_how_files_are_read(tmp_path):
+    """A plain pickle (not torch's zip format) is refused rather than unpickled."""
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps({"format": "e2former-calc-potential"}))
+    with pytest.raises(ModelFileError):
+        read_model_file(path)
