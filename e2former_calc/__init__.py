@@ -1,7 +1,7 @@
 """e2former-calc: the E2Former equivariant transformer as an interatomic potential.
 
     from e2former_calc import E2FormerCalculator
-    atoms.calc = E2FormerCalculator.from_pretrained("e2former-emt-cu")
+    atoms.calc = E2FormerCalculator.from_file("my_potential.pt")
 """
 
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +14,22 @@ from .model import E2Former, E2FormerConfig
 from .model_file import load_model, save_model
 from .predictor import Predictor
 
-#: Where ``from_pretrained`` looks for ``NAME.pt``.
+#: The repository's ``potentials/`` folder (present in a clone and an editable install).
 POTENTIALS = Path(__file__).resolve().parent.parent / "potentials"
+
+
+def potential_folders() -> list[Path]:
+    """Where ``from_pretrained`` looks for ``NAME.pt``: the folders in ``$E2FORMER_POTENTIALS``
+    (separated by ``os.pathsep``), then the repository's ``potentials/``."""
+    extra = [Path(p) for p in os.environ.get("E2FORMER_POTENTIALS", "").split(os.pathsep) if p]
+    return extra + [POTENTIALS]
+
+
+def find_potential(name: str) -> Path | None:
+    for folder in potential_folders():
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+    return None
 
 
 class E2FormerCalculator(Calculator):
@@ -58,11 +73,11 @@ class E2FormerCalculator(Calculator):
 
     @classmethod
     def from_pretrained(cls, name: str, device="auto", dtype="float64", **kwargs) -> "E2FormerCalculator":
-        """A potential shipped in ``potentials/`` by name."""
-        path = POTENTIALS / f"{name}.pt"
-        if not path.is_file():
-            known = sorted(p.stem for p in POTENTIALS.glob("*.pt")) if POTENTIALS.is_dir() else []
-            raise ValueError(f"no shipped potential named {name!r}; available: {', '.join(known) or 'none'}")
+        """A shipped potential by name (see :func:`potential_folders`)."""
+        path = find_potential(name)
+        if path is None:
+            known = sorted({p.stem for folder in potential_folders() if folder.is_dir() for p in folder.glob("*.pt")})
+            raise ValueError(f"no shipped potential named {name!r}; available: {', '.join(known) or 'none yet'}")
         return cls.from_file(path, device=device, dtype=dtype, **kwargs)
 
     @classmethod

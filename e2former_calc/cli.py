@@ -10,7 +10,7 @@ from .systems import SYSTEMS, built_in_system
 
 
 def _load_calculator(model: str, device: str, dtype: str, skin: float = 1.0):
-    from .calculator import POTENTIALS, E2FormerCalculator
+    from .calculator import E2FormerCalculator, find_potential
 
     if model == "untrained":
         print("e2former: WARNING: an UNTRAINED model with random weights: the dynamics are not physical; "
@@ -18,7 +18,7 @@ def _load_calculator(model: str, device: str, dtype: str, skin: float = 1.0):
         return E2FormerCalculator.from_config(species=("H", "C", "N", "O", "Cu"), device=device, dtype=dtype, skin=skin)
     if Path(model).is_file():
         return E2FormerCalculator.from_file(model, device=device, dtype=dtype, skin=skin)
-    if (POTENTIALS / f"{model}.pt").is_file():
+    if find_potential(model) is not None:
         return E2FormerCalculator.from_pretrained(model, device=device, dtype=dtype, skin=skin)
     raise FileNotFoundError(f"no potential file {model!r} and no shipped potential of that name (or use 'untrained')")
 

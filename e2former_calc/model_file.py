@@ -78,9 +78,20 @@ def read_model_file(path) -> dict:
     version = content.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFileError(f"{path} has format version {version!r}; this e2former-calc reads versions up to {FORMAT_VERSION}")
-    missing = [k for k in ("config", "atomic_numbers", "e0", "state_dict", "dtype") if k not in content]
+    missing = [k for k in ("config", "atomic_numbers", "e0", "cutoff", "state_dict", "dtype") if k not in content]
     if missing:
         raise ModelFileError(f"{path} lacks the entries {', '.join(missing)}")
+    if content["dtype"] not in ("float32", "float64"):
+        raise ModelFileError(f"{path} states dtype {content['dtype']!r}; expected float32 or float64")
+    config = content["config"]
+    if not isinstance(config, dict) or config.get("cutoff") != content["cutoff"]:
+        raise ModelFileError(f"{path}: the cutoff {content['cutoff']!r} differs from the hyper-parameters' one")
+    state = content["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: the weights are not a dictionary of tensors")
+    damaged = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if damaged or not all(isinstance(e, (int, float)) and e == e and abs(e) != float("inf") for e in content["e0"]):
+        raise ModelFileError(f"{path} holds non-finite numbers ({', '.join(damaged) or 'E0'})")
     return content
 
 
@@ -93,7 +104,7 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[E2
         model.load_state_dict(content["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: the weights do not fit the stated hyper-parameters ({error})") from None
-    dtype = dtype or getattr(torch, content["dtype"])
+    dtype = dtype or {"float32": torch.float32, "float64": torch.float64}[content["dtype"]]
     model = model.to(device=device, dtype=dtype).eval()
     metadata = {k: v for k, v in content.items() if k != "state_dict"}
     return model, metadata

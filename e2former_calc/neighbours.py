@@ -33,17 +33,16 @@ class Neighbours:
     receivers: np.ndarray  # [E] int64
     senders: np.ndarray  # [E] int64
     shifts: np.ndarray  # [E, 3] int64
-    cutoff: float
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray) -> None:
     """Raise ValueError naming the axis when a periodic cell vector is zero, non-finite or
     linearly dependent on the other periodic ones."""
     cell = np.asarray(cell, dtype=np.float64)
-    if not np.all(np.isfinite(cell)):
-        raise ValueError("the cell contains a non-finite number")
     periodic = [k for k in range(3) if pbc[k]]
     for k in periodic:
+        if not np.all(np.isfinite(cell[k])):
+            raise ValueError(f"cell axis {AXES[k]} is periodic but its cell vector is not finite: {cell[k].tolist()}")
         if np.linalg.norm(cell[k]) < 1e-8:
             raise ValueError(f"cell axis {AXES[k]} is periodic but its cell vector is zero")
     if len(periodic) >= 2:
@@ -92,12 +91,12 @@ def neighbour_list(positions, cell, pbc, cutoff: float) -> Neighbours:
     check_cell(cell, pbc)
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Neighbours(empty, empty, np.zeros((0, 3), dtype=np.int64), cutoff)
+        return Neighbours(empty, empty, np.zeros((0, 3), dtype=np.int64))
     moved, search_cell = _search_cell(positions, cell, pbc, cutoff)
     i, j, S = _matscipy_neighbour_list("ijS", positions=moved, cell=search_cell, pbc=pbc, cutoff=cutoff)
     S = S.astype(np.int64)
     S[:, ~pbc] = 0
-    return Neighbours(i.astype(np.int64), j.astype(np.int64), S, cutoff)
+    return Neighbours(i.astype(np.int64), j.astype(np.int64), S)
 
 
 class VerletList:

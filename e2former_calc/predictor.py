@@ -8,6 +8,7 @@ the network runs in the model's dtype.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +57,8 @@ class Predictor:
     """Evaluates a model on ASE ``Atoms``.
 
     Args:
-        model: an :class:`~e2former_calc.model.E2Former` (moved to ``device`` and ``dtype``).
+        model: an :class:`~e2former_calc.model.E2Former`; the predictor works on its own copy
+            (on ``device``, in ``dtype``, frozen), so the caller's model is left as it was.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         dtype: ``"float64"`` (default) or ``"float32"``.
         skin: Verlet skin (Å) for :meth:`compute` on a sequence of similar structures (MD);
@@ -66,7 +68,7 @@ class Predictor:
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.cutoff = float(model.config.cutoff)
@@ -161,6 +163,11 @@ class Predictor:
             graph = base.with_positions(strained_positions, shifts)
             atom_energies = self.model(b.species, graph)  # [N] float64
             energies = scatter_sum(atom_energies, b.batch, n_structures)
+            finite = torch.isfinite(energies)
+            if not bool(finite.all()):
+                s = int(torch.nonzero(~finite)[0, 0])
+                where = f" for structure {s}" if n_structures > 1 else ""
+                raise FloatingPointError(f"the potential returned a non-finite energy{where}; its weights may be damaged")
             wanted = [t for t, flag in ((positions, forces), (strain, stress)) if flag]
             grads = torch.autograd.grad(energies.sum(), wanted) if wanted else []
         grads = list(grads)

@@ -1,6 +1,6 @@
 """NPT (isotropic Martyna-Tobias-Klein) of fcc copper at 300 K and 1 bar.
 
-    python md_examples/npt_crystal.py --steps 2000 --model e2former-emt-cu
+    python md_examples/npt_crystal.py --steps 2000 --model my_copper_potential.pt
 """
 
 import numpy as np

@@ -1,6 +1,6 @@
 """NVE molecular dynamics of ethanol with an energy-drift report.
 
-    python md_examples/nve_energy_drift.py --steps 2000 --model potentials/e2former-xtb-organic.pt
+    python md_examples/nve_energy_drift.py --steps 2000 --model my_potential.pt
 """
 
 import numpy as np

@@ -1,7 +1,7 @@
 """Geometry optimisation of a molecule (BFGS), then positions and cell of a strained crystal
 (FIRE through FrechetCellFilter).
 
-    python md_examples/relax_structures.py --model e2former-emt-cu
+    python md_examples/relax_structures.py --model my_copper_potential.pt
 """
 
 import numpy as np

@@ -60,7 +60,9 @@ class _Evil:
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("kind", ["truncated", "garbage", "pickle-with-code", "other-dict", "future-version", "wrong-weights"])
+@pytest.mark.parametrize(
+    "kind", ["truncated", "garbage", "pickle-with-code", "other-dict", "future-version", "wrong-weights", "nan-weights", "float16"]
+)
 def test_unreadable_files_raise_clear_errors(tmp_path, kind, capsys):
     good = make_calculator().save(tmp_path / "good.pt")
     bad = tmp_path / "bad.pt"
@@ -76,13 +78,39 @@ def test_unreadable_files_raise_clear_errors(tmp_path, kind, capsys):
         content = torch.load(good, weights_only=True)
         content["format_version"] = 99
         torch.save(content, bad)
-    else:
+    elif kind == "wrong-weights":
         content = torch.load(good, weights_only=True)
         content["config"]["channels"] = 12
+        torch.save(content, bad)
+    elif kind == "nan-weights":
+        content = torch.load(good, weights_only=True)
+        next(v for v in content["state_dict"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+        torch.save(content, bad)
+    else:
+        content = torch.load(good, weights_only=True)
+        content["dtype"] = "float16"
         torch.save(content, bad)
     with pytest.raises(ModelFileError, match="bad.pt"):
         E2FormerCalculator.from_file(bad, device="cpu", quiet=True)
     assert "must never run" not in capsys.readouterr().out
+
+
+def test_caller_model_is_left_alone():
+    from conftest import TEST_CONFIG
+
+    from e2former_calc import E2Former
+    from e2former_calc.predictor import Predictor
+
+    model = E2Former(TEST_CONFIG, [1, 8])
+    Predictor(model, device="cpu", dtype="float64")
+    assert model.dtype == torch.float32 and all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_pretrained_names_resolve_through_the_search_path(tmp_path, monkeypatch):
+    make_calculator().save(tmp_path / "my-test-potential.pt")
+    monkeypatch.setenv("E2FORMER_POTENTIALS", str(tmp_path))
+    calc = E2FormerCalculator.from_pretrained("my-test-potential", device="cpu", quiet=True)
+    assert calc.cutoff == 4.0
 
 
 def test_missing_file_and_unknown_pretrained_name(tmp_path):

@@ -117,6 +117,16 @@ class Wigner6jConvolution(Convolution):
                 )
             self.register_buffer(f"component_index_{f_index}", columns, persistent=False)
             self.register_buffer(f"target_coupling_{f_index}", target, persistent=False)
+        # float64 masters: module.to(float32) must not round the constants of float64 stages
+        self._float64_constants = {
+            name: buffer.clone() for name, buffer in self._buffers.items() if buffer.is_floating_point()
+        }
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name, master in self._float64_constants.items():  # back to exact float64, on the new device
+            self._buffers[name] = master.to(self._buffers[name].device)
+        return self
 
     def resolve(self, dtype: torch.dtype, graph: ConvGraph) -> tuple[torch.dtype, float | None]:
         """The stage dtype and block side (Å, or None for one origin) used for features of ``dtype``."""
@@ -127,11 +137,6 @@ class Wigner6jConvolution(Convolution):
         if side == "auto":
             side = FLOAT64_BLOCK_SIDE if stage == torch.float64 else FLOAT32_BLOCKS_PER_CUTOFF * graph.cutoff
         return stage, side
-
-    @property
-    def source_dim(self) -> int:
-        """Components of ``P`` per channel (the width of the edge stage over all f)."""
-        return self.source_coupling.shape[-1]
 
     def forward(self, x: torch.Tensor, graph: ConvGraph, edge_weights: torch.Tensor) -> torch.Tensor:
         self.check_inputs(x, graph, edge_weights)

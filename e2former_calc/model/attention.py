@@ -24,8 +24,9 @@ def smooth_softmax(logits: torch.Tensor, envelope: torch.Tensor, receivers: torc
     """
     with torch.no_grad():  # a shift that cancels exactly; only for overflow safety
         shift = torch.zeros(n_nodes, logits.shape[1], dtype=logits.dtype, device=logits.device)
-        if logits.numel():
-            shift = shift.scatter_reduce(0, receivers[:, None].expand_as(logits), logits, reduce="amax")
+        if logits.numel():  # max(0, largest logit of an edge inside the cutoff)
+            inside = torch.where(envelope[:, None] > 0, logits, torch.full_like(logits, -torch.inf))
+            shift = shift.scatter_reduce(0, receivers[:, None].expand_as(logits), inside, reduce="amax")
     numerators = envelope[:, None] * torch.exp(logits - shift[receivers])
     denominators = torch.exp(-shift) + scatter_sum(numerators, receivers, n_nodes)
     return numerators / denominators[receivers]

@@ -22,7 +22,8 @@ class E2FormerConfig:
         radial_hidden: hidden width of the radial networks.
         species_features: size of the species embedding fed to the radial networks.
         feedforward_channels: hidden channels of the gated feed-forward layers.
-        envelope_exponent: ``p`` of the polynomial cutoff envelope (C² at the cutoff for p >= 3).
+        envelope_exponent: ``p`` of the polynomial cutoff envelope (C² at the cutoff for any p;
+            p >= 2 keeps it smooth at r = 0 too).
         average_neighbours: normalisation of the edge-degree embedding's sum.
         energy_scale: scale of the per-atom energy readout (eV).
     """
@@ -51,7 +52,7 @@ class E2FormerConfig:
             (0 <= self.max_degree <= 4, "max_degree must lie in 0..4"),
             (bool(self.filter_degrees) and all(0 <= f <= 4 for f in self.filter_degrees), "filter degrees must lie in 0..4"),
             (self.num_layers >= 0, "num_layers must be >= 0"),
-            (self.envelope_exponent >= 3, "envelope_exponent must be >= 3 (a C² cutoff)"),
+            (self.envelope_exponent >= 2, "envelope_exponent must be >= 2"),
             (self.average_neighbours > 0, "average_neighbours must be positive"),
         ]
         for ok, message in checks:

@@ -105,7 +105,3 @@ class E2Former(nn.Module):
         e0 = torch.tensor(self.e0, dtype=torch.float64, device=species.device)
         return self.readout(scalars).squeeze(-1).double() * self.config.energy_scale + e0[species]
 
-
-def structure_energies(atom_energies: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
-    """``[N] -> [S]``: the per-atom energies summed per structure."""
-    return scatter_sum(atom_energies, batch, n_structures)

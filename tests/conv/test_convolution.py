@@ -85,6 +85,16 @@ def test_float32_stays_within_1e5_of_float64_in_a_box_moved_1000_angstrom(filter
     assert error < 1e-5
 
 
+def test_a_float32_module_keeps_exact_float64_constants():
+    """model.to(float32) must not round the coupling constants that float64 stages use."""
+    factorised, reference = _pair("0e + 1o + 2e", (2,), "0e + 1o + 2e", block_side=100.0)
+    factorised = factorised.float()
+    assert factorised.source_coupling.dtype == torch.float64
+    graph = cluster_graph(n_atoms=10, seed=2, offset=(60.0, 60.0, 60.0))
+    x, w = _inputs(factorised, graph)
+    assert _relative(factorised(x, graph, w), reference(x, graph, w)) < 1e-10
+
+
 def test_explicit_float32_stages_with_a_global_origin_lose_precision_far_away():
     """The failure the local origins exist to prevent, so the test above can fail."""
     positions, cell = jittered_lattice(6, spacing=2.0, seed=1)
