@@ -35,6 +35,14 @@ def peak_rss_kib() -> int:
     return 0
 
 
+def available_kib() -> int:
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1])
+    return 0
+
+
 def measure_one(size: int, preset: str, dtype: str, repeats: int, device: str) -> dict:
     import numpy as np
     import torch
@@ -122,16 +130,26 @@ def main(argv=None):
     sizes = [100, 1000] if args.quick else [100, 1000, 10000]
     records = []
     started = time.time()
+    memory_per_atom = {}  # KiB/atom measured at the previous size, to skip what cannot fit
     for size in sizes:
         for preset in ("small", "medium"):
             for dtype in ("float32", "float64"):
+                projected = memory_per_atom.get((preset, dtype), 0) * 4 * SIZES[size] ** 3
+                if projected > 0.8 * available_kib():
+                    records.append({"n_atoms": 4 * SIZES[size] ** 3, "preset": preset, "dtype": dtype, "device": args.device,
+                                    "skipped": f"projected peak memory {projected / 2**20:.0f} GiB exceeds 80% of the available memory"})
+                    print(f"[{time.time() - started:6.0f}s] {size} atoms {preset} {dtype}: skipped, {records[-1]['skipped']}", flush=True)
+                    continue
                 command = [sys.executable, __file__, "--one", str(size), preset, dtype, "--device", args.device,
                            "--repeats", str(args.repeats)]
                 result = subprocess.run(command, capture_output=True, text=True)
                 if result.returncode != 0:
-                    print(result.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"configuration {size} {preset} {dtype} failed")
+                    records.append({"n_atoms": 4 * SIZES[size] ** 3, "preset": preset, "dtype": dtype, "device": args.device,
+                                    "skipped": f"failed with exit code {result.returncode}: {result.stderr.strip()[-300:]}"})
+                    print(f"[{time.time() - started:6.0f}s] {size} atoms {preset} {dtype}: {records[-1]['skipped']}", flush=True)
+                    continue
                 record = json.loads(result.stdout.strip().splitlines()[-1])
+                memory_per_atom[(preset, dtype)] = record["peak_memory_kib_per_atom"]
                 records.append(record)
                 print(f"[{time.time() - started:6.0f}s] {record['n_atoms']:6d} atoms {preset:6s} {dtype}: "
                       f"{record['seconds_per_call'] * 1e3:9.1f} ms/call, {record['atom_steps_per_second']:8.0f} atom·steps/s, "
@@ -144,6 +162,9 @@ def main(argv=None):
     lines = ["| atoms | preset | dtype | ms per energy+forces call | atom·steps/s | neighbour list, no skin | neighbour list, 1 Å skin (MD) | peak memory (KiB/atom) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in records:
+        if "skipped" in r:
+            lines.append(f"| {r['n_atoms']} | {r['preset']} | {r['dtype']} | not run: {r['skipped']} | | | | |")
+            continue
         lines.append(f"| {r['n_atoms']} | {r['preset']} | {r['dtype']} | {r['seconds_per_call'] * 1e3:.1f} | {r['atom_steps_per_second']:.0f} "
                      f"| {100 * r['neighbour_fraction_no_skin']:.1f}% | {100 * r['neighbour_fraction_skin_1A']:.1f}% | {r['peak_memory_kib_per_atom']:.0f} |")
     import platform

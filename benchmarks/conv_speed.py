@@ -161,33 +161,42 @@ def markdown_table(records) -> str:
 
 
 def plot(records, path: Path, title: str) -> None:
+    """Speed-up against K: a panel per (mode, L_max), a colour per (f, C), solid against
+    edge_uvw and dashed against edge_channelwise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, mode in zip(axes, ("forward", "forward_backward")):
-        configs = sorted({(r["lmax"], r["filter_degree"], r["channels"]) for r in records if r["mode"] == mode})
-        for lmax, f, c in configs:
-            rows = sorted(
-                (r for r in records if r["mode"] == mode and (r["lmax"], r["filter_degree"], r["channels"]) == (lmax, f, c)),
-                key=lambda r: r["K"],
-            )
-            ks = [r["K"] for r in rows]
-            for baseline, style in (("edge_uvw", "-o"), ("edge_channelwise", "--s")):
-                ratios = [r["seconds"][baseline] / r["seconds"]["factorised"] for r in rows]
-                ax.plot(ks, ratios, style, label=f"vs {baseline}, L={lmax} f={f} C={c}")
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("neighbours per atom K")
-        ax.set_title(mode)
-    axes[0].set_ylabel("speed-up of the factorised convolution")
-    axes[1].legend(fontsize=6, loc="upper left")
+    modes = ("forward", "forward_backward")
+    lmaxes = sorted({r["lmax"] for r in records})
+    fig, axes = plt.subplots(len(modes), len(lmaxes), figsize=(4.2 * len(lmaxes) + 2.2, 7), sharey=True, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    variants = sorted({(r["filter_degree"], r["channels"]) for r in records})
+    for row, mode in enumerate(modes):
+        for col, lmax in enumerate(lmaxes):
+            ax = axes[row][col]
+            for n, (f, c) in enumerate(variants):
+                rows = sorted((r for r in records if (r["mode"], r["lmax"], r["filter_degree"], r["channels"]) == (mode, lmax, f, c)),
+                              key=lambda r: r["K"])
+                if not rows:
+                    continue
+                ks = [r["K"] for r in rows]
+                for baseline, style in (("edge_uvw", "-o"), ("edge_channelwise", "--s")):
+                    ratios = [r["seconds"][baseline] / r["seconds"]["factorised"] for r in rows]
+                    ax.plot(ks, ratios, style, color=colours[n % len(colours)],
+                            label=f"f={f} C={c} vs {baseline}" if row == 0 and col == 0 else None)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{mode}, L_max={lmax}", fontsize=9)
+            if row == len(modes) - 1:
+                ax.set_xlabel("neighbours per atom K")
+        axes[row][0].set_ylabel("speed-up of factorised")
+    fig.legend(loc="center right", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None):
@@ -200,7 +209,14 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
     parser.add_argument("--table", type=Path, help="write a Markdown table here")
+    parser.add_argument("--replot", type=Path, help="only redraw the plot of an existing JSON file")
     args = parser.parse_args(argv)
+    if args.replot:
+        records = json.loads(args.replot.read_text())
+        table = args.replot.with_suffix(".md")
+        title = table.read_text().splitlines()[0].removeprefix("Machine: ") if table.is_file() else args.replot.name
+        plot(records, args.plot or args.replot.with_suffix(".png"), title)
+        return
 
     if args.quick:
         sweep = list(itertools.product([20, 80], [2], [2], [128]))

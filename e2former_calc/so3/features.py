@@ -47,10 +47,6 @@ class FeatureLayout:
     def dim(self) -> int:
         return sum(2 * l + 1 for l, _ in self.irreps)
 
-    @property
-    def max_degree(self) -> int:
-        return max(l for l, _ in self.irreps)
-
     def slices(self) -> list[slice]:
         """Component slice of each irrep along the last axis."""
         out, start = [], 0
@@ -58,13 +54,6 @@ class FeatureLayout:
             out.append(slice(start, start + 2 * l + 1))
             start += 2 * l + 1
         return out
-
-    def index(self, l: int, parity: int) -> int | None:
-        """Position of irrep ``(l, parity)``, or None."""
-        try:
-            return self.irreps.index((l, parity))
-        except ValueError:
-            return None
 
     def e3nn_irreps(self, channels: int) -> o3.Irreps:
         """The same features as e3nn irreps: ``channels x`` each irrep."""
