@@ -9,9 +9,10 @@ box built around the atoms (perpendicular to the periodic axes, sized from the a
 and the atoms are moved into it before the search: the result does not depend on where the
 structure sits, and a molecule 10,000 Å from the origin costs what it costs at the origin.
 
-:class:`VerletList` keeps a list built with a cutoff ``cutoff + skin`` until an atom has moved
-more than ``skin / 2`` (or the cell, the periodicity or the atoms change): pairs that come within
-the cutoff in between are then already in it. Pairs beyond the cutoff stay in the list; the model
+:class:`VerletList` keeps a list built with a cutoff ``cutoff + skin`` while no pair outside it
+can have come within the cutoff: atoms moved less than ``skin / 2`` or, when a periodic cell
+changed too (NPT), ``2 max|displacement| + eps (cutoff + skin) <= skin`` with ``eps`` the strain
+of the cell (see :meth:`VerletList.update`). Pairs beyond the cutoff stay in the list; the model
 gives them exactly zero weight.
 """
 
@@ -108,6 +109,13 @@ class VerletList:
 
     ``update(positions, cell, pbc, numbers)`` returns the current :class:`Neighbours` (cutoff
     ``cutoff + skin``) and whether it was rebuilt.
+
+    Reuse criterion: with ``F = cell_old^-1 cell_new`` (the identity when the cell is unchanged),
+    ``eps = ||F - 1||_2`` and ``u_i = r_i - r_i_old F`` each atom's motion beyond the homogeneous
+    deformation, every pair vector becomes ``d_old F + u_j - u_i``, so a pair that was farther
+    than ``cutoff + skin`` is still farther than ``cutoff`` while
+    ``2 max |u_i| + eps (cutoff + skin) <= skin``. A cell change of a structure that is not fully
+    periodic, or new atoms or periodicity, always rebuild.
     """
 
     def __init__(self, cutoff: float, skin: float = 1.0):
@@ -128,12 +136,25 @@ class VerletList:
                 old_positions.shape == positions.shape
                 and np.array_equal(old_numbers, numbers)
                 and np.array_equal(old_pbc, pbc)
-                and np.array_equal(old_cell, cell)
             ):
-                moved = np.sqrt(((positions - old_positions) ** 2).sum(axis=1)).max(initial=0.0)
-                if moved <= self.skin / 2:
-                    return neighbours, False
+                strain = self._strain(old_cell, cell, pbc)
+                if strain is not None:
+                    deformation = np.eye(3) + strain
+                    moved = np.sqrt(((positions - old_positions @ deformation) ** 2).sum(axis=1)).max(initial=0.0)
+                    eps = np.linalg.norm(strain, 2)
+                    if 2 * moved + eps * (self.cutoff + self.skin) <= self.skin:
+                        return neighbours, False
         neighbours = neighbour_list(positions, cell, pbc, self.cutoff + self.skin)
         self._state = (positions.copy(), cell.copy(), pbc.copy(), numbers.copy(), neighbours)
         self.builds += 1
         return neighbours, True
+
+    @staticmethod
+    def _strain(old_cell, cell, pbc):
+        """``F - 1`` with ``cell = old_cell F``; zero for an unchanged cell, None when a changed
+        cell is not fully periodic and invertible."""
+        if np.array_equal(old_cell, cell):
+            return np.zeros((3, 3))
+        if not pbc.all() or abs(np.linalg.det(old_cell)) < 1e-12:
+            return None
+        return np.linalg.solve(old_cell, cell) - np.eye(3)

@@ -146,9 +146,13 @@ class Predictor:
             n_atoms=[len(a) for a in atoms_list],
         )
 
+    @staticmethod
+    def _shifts(b: _Batch) -> torch.Tensor:
+        """Cartesian image shifts ``S @ cell`` of the edges, with the current cells."""
+        return torch.einsum("ei,eij->ej", b.cell_shifts, b.cells[b.edge_batch])
+
     def _base_graph(self, b: _Batch) -> ConvGraph:
-        shifts = torch.einsum("ei,eij->ej", b.cell_shifts, b.cells[b.edge_batch])
-        return ConvGraph.build(b.positions, b.receivers, b.senders, shifts, cutoff=self.cutoff)
+        return ConvGraph.build(b.positions, b.receivers, b.senders, self._shifts(b), cutoff=self.cutoff)
 
     # -- evaluation -------------------------------------------------------------------------
     def _evaluate(self, b: _Batch, base: ConvGraph, forces: bool, stress: bool) -> list[dict]:
@@ -201,7 +205,7 @@ class Predictor:
         b = self._assemble([atoms], [neighbours])
         if rebuilt or self._graph is None:
             self._graph = self._base_graph(b)
-        base = self._graph.with_positions(b.positions, None)
+        base = self._graph.with_positions(b.positions, self._shifts(b))  # the cell may have changed (NPT)
         self._check_distances(base, atoms.numbers, [0])
         return self._evaluate(b, base, forces, stress and bool(atoms.pbc.all()))[0]
 

@@ -230,3 +230,19 @@ def test_cuda_matches_cpu():
     gpu = E2FormerCalculator.from_config(TEST_CONFIG, species=("H", "C", "O", "Cu"), e0=[-1.0, -2.0, -3.0, -4.0],
                                          device="cuda", dtype="float64", quiet=True)
     assert energy(atoms, gpu) == pytest.approx(cpu, abs=1e-9)
+
+
+def test_skin_list_reused_across_a_cell_change_gives_fresh_results():
+    """NPT changes the cell every step: the list is kept (builds == 1) and the numbers are those
+    of a freshly built list."""
+    atoms = copper()
+    reused = make_calculator(skin=1.0)
+    atoms.calc = reused
+    atoms.get_potential_energy()
+    atoms.set_cell(atoms.cell.array @ np.diag([1.01, 0.995, 1.0]), scale_atoms=True)
+    energy_reused, stress_reused = atoms.get_potential_energy(), atoms.get_stress()
+    assert reused.predictor.verlet.builds == 1
+    fresh = atoms.copy()
+    fresh.calc = make_calculator(skin=0.0)
+    assert energy_reused == pytest.approx(fresh.get_potential_energy(), abs=1e-10)
+    assert np.abs(stress_reused - fresh.get_stress()).max() < 1e-12

@@ -57,5 +57,20 @@ def test_verlet_list_rebuilds_only_when_an_atom_moved_half_the_skin():
     assert not verlet.update(moved, cell, pbc, numbers)[1]
     moved[3] += [0.02, 0, 0]
     assert verlet.update(moved, cell, pbc, numbers)[1]
-    assert verlet.update(moved, cell * 1.01, pbc, numbers)[1]  # a new cell always rebuilds
-    assert verlet.builds == 3
+    assert verlet.builds == 2
+
+
+def test_verlet_list_survives_a_small_change_of_the_cell_and_stays_complete():
+    rng = np.random.default_rng(3)
+    cell = np.array([[8.0, 0.0, 0.0], [1.0, 7.5, 0.0], [0.5, 0.8, 8.2]])
+    positions = rng.uniform(0, 1, size=(40, 3)) @ cell
+    pbc, numbers = (True,) * 3, np.ones(40, dtype=int)
+    verlet = VerletList(cutoff=3.0, skin=1.0)
+    verlet.update(positions, cell, pbc, numbers)
+    strained = cell @ (np.eye(3) + np.array([[0.02, 0.01, 0.0], [0.0, -0.015, 0.0], [0.0, 0.0, 0.01]]))
+    moved = positions @ np.linalg.solve(cell, strained) + rng.normal(scale=0.1, size=positions.shape)
+    kept, rebuilt = verlet.update(moved, strained, pbc, numbers)
+    assert not rebuilt
+    # every pair now within the cutoff is in the kept list
+    assert brute_force(moved, strained, pbc, 3.0) <= as_set(kept)
+    assert verlet.update(moved, cell * 1.2, pbc, numbers)[1]  # a large strain rebuilds
