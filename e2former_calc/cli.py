@@ -9,7 +9,7 @@ from pathlib import Path
 from .systems import SYSTEMS, built_in_system
 
 
-def _load_calculator(model: str, device: str, dtype: str, skin: float = 1.0):
+def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3):
     from .calculator import E2FormerCalculator, find_potential
 
     if model == "untrained":
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--trajectory", default="md.traj")
     md.add_argument("--log", default="md.log")
     md.add_argument("--interval", type=int, default=10, help="steps between frames and log lines")
-    md.add_argument("--skin", type=float, default=1.0, help="Verlet skin, Å")
+    md.add_argument("--skin", type=float, default=0.3, help="Verlet skin, Å (default 0.3)")
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--resume", action="store_true", help="continue from the last frame of --trajectory")
 

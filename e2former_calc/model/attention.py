@@ -27,7 +27,9 @@ def smooth_softmax(logits: torch.Tensor, envelope: torch.Tensor, receivers: torc
         if logits.numel():  # max(0, largest logit of an edge inside the cutoff)
             inside = torch.where(envelope[:, None] > 0, logits, torch.full_like(logits, -torch.inf))
             shift = shift.scatter_reduce(0, receivers[:, None].expand_as(logits), inside, reduce="amax")
-    numerators = envelope[:, None] * torch.exp(logits - shift[receivers])
+    # edges beyond the cutoff get exp(-inf) = 0, never 0 * inf
+    shifted = torch.where(envelope[:, None] > 0, logits - shift[receivers], torch.full_like(logits, -torch.inf))
+    numerators = envelope[:, None] * torch.exp(shifted)
     denominators = torch.exp(-shift) + scatter_sum(numerators, receivers, n_nodes)
     return numerators / denominators[receivers]
 
