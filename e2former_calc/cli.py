@@ -1,4 +1,4 @@
-"""The ``e2former`` command: ``md``, ``relax`` and ``eval``."""
+"""The ``e2former`` command: ``md``, ``relax``, ``train`` and ``eval``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,26 @@ from pathlib import Path
 from .systems import SYSTEMS, built_in_system
 
 
-def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3):
+#: The shipped potential ``--model auto`` picks for a structure made only of these elements.
+AUTO_POTENTIALS = ((frozenset({"H", "C", "N", "O"}), "e2former-xtb-organic"), (frozenset({"Cu"}), "e2former-emt-cu"))
+
+
+def auto_potential(atoms) -> str:
+    """The shipped potential for the elements of ``atoms``; ValueError naming them if none fits."""
+    elements = set(atoms.get_chemical_symbols())
+    for allowed, name in AUTO_POTENTIALS:
+        if elements <= allowed:
+            return name
+    raise ValueError(f"no shipped potential covers the elements {', '.join(sorted(elements))}; "
+                     "pass --model with a potential file")
+
+
+def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, atoms=None):
     from .calculator import E2FormerCalculator, find_potential
 
+    if model == "auto":
+        model = auto_potential(atoms)
+        print(f"e2former: using the shipped potential {model}", file=sys.stderr)
     if model == "untrained":
         print("e2former: WARNING: an UNTRAINED model with random weights: the dynamics are not physical; "
               "use it to try the workflow only", file=sys.stderr)
@@ -33,8 +50,9 @@ def _structure(args):
 
 
 def _add_model_options(parser, default_dtype):
-    parser.add_argument("--model", default="untrained",
-                        help="potential file, shipped potential name, or 'untrained' (default; random weights)")
+    parser.add_argument("--model", default="auto",
+                        help="potential file, shipped potential name, 'auto' (default: the shipped potential for the "
+                             "structure's elements) or 'untrained' (random weights)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--dtype", default=default_dtype, choices=("float32", "float64"))
 
@@ -47,7 +65,8 @@ def _add_structure_options(parser, default_system):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="e2former", description="E2Former interatomic potential: MD, relaxation, evaluation.")
+    parser = argparse.ArgumentParser(prog="e2former",
+                                     description="E2Former interatomic potential: MD, relaxation, training, evaluation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     md = sub.add_parser("md", help="molecular dynamics (NVE, Langevin NVT, NPT)")
@@ -76,10 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     relax.add_argument("--output", default="relaxed.extxyz")
     relax.add_argument("--trajectory", default=None)
 
-    ev = sub.add_parser("eval", help="energies and forces of every structure in a file, to extxyz")
+    tr = sub.add_parser("train", help="train a potential from a YAML configuration (resumes a stopped run)")
+    tr.add_argument("config", help="YAML file: data, model, training, output (see the docs)")
+    tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="errors per configuration type, parity plots, predictions as extxyz")
     ev.add_argument("potential", help="potential file, shipped potential name, or 'untrained'")
-    ev.add_argument("data", help="any ASE-readable file")
+    ev.add_argument("data", help="any ASE-readable file (references: REF_energy/REF_forces/REF_stress, else ASE's)")
     ev.add_argument("--output", default="predictions.extxyz")
+    ev.add_argument("--plots", default="parity", help="prefix of the parity plots PREFIX_{energy,forces}.png ('' for none)")
+    ev.add_argument("--metrics", default="metrics.json", help="errors as JSON ('' for none)")
+    ev.add_argument("--energy-key", default=None)
+    ev.add_argument("--forces-key", default=None)
+    ev.add_argument("--stress-key", default=None)
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="float64", choices=("float32", "float64"))
@@ -93,7 +122,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "md":
             atoms = _structure(args)
-            atoms.calc = _load_calculator(args.model, args.device, args.dtype, args.skin)
+            atoms.calc = _load_calculator(args.model, args.device, args.dtype, args.skin, atoms)
             report = run_md(atoms, args.ensemble, args.steps, args.timestep, args.temperature, args.friction,
                             args.pressure, args.trajectory, args.log, args.interval, args.seed, args.resume)
             rate = report.steps / report.seconds if report.seconds else float("nan")
@@ -103,20 +132,37 @@ def main(argv=None) -> int:
                 print(energy_drift_text(report))
         elif args.command == "relax":
             atoms = _structure(args)
-            atoms.calc = _load_calculator(args.model, args.device, args.dtype, skin=0.0)
+            atoms.calc = _load_calculator(args.model, args.device, args.dtype, skin=0.0, atoms=atoms)
             converged = run_relax(atoms, args.optimizer, args.fmax, args.steps, args.cell, args.trajectory)
             from ase.io import write
 
             write(args.output, atoms, format="extxyz")
             print(f"{'converged' if converged else 'NOT converged'}: E = {atoms.get_potential_energy():.6f} eV; wrote {args.output}")
             return 0 if converged else 1
+        elif args.command == "train":
+            from .training import load_config, train
+
+            train(load_config(args.config), restart=args.restart, progress=not args.quiet)
         else:
             frames = read_structures(args.data)
             calc = _load_calculator(args.potential, args.device, args.dtype, skin=0.0)
-            _, summary = run_eval(frames, calc, args.output, args.batch_size)
+            keys = {"energy": args.energy_key, "forces": args.forces_key, "stress": args.stress_key}
+            _, tally, parity = run_eval(frames, calc, args.output, args.batch_size, keys=keys)
             print(f"{len(frames)} structures; wrote {args.output}")
-            for key, value in summary.items():
-                print(f"{key}: {value:.6f}")
+            if tally.sums:
+                from .evaluation import parity_plots, write_metrics
+
+                print(tally.table())
+                if args.metrics:
+                    print(f"wrote {write_metrics(tally, args.metrics)}")
+                if args.plots:
+                    try:
+                        written = parity_plots(parity, args.plots, title=Path(args.data).name)
+                        print(f"wrote {', '.join(str(p) for p in written)}")
+                    except ImportError as error:
+                        print(f"e2former: no parity plots: {error}", file=sys.stderr)
+            else:
+                print("no reference energies in the file: predictions only")
     except KeyboardInterrupt:
         print("\ne2former: stopped; files written so far are complete", file=sys.stderr)
         return 130

@@ -9,13 +9,13 @@ the network runs in the model's dtype.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from .conv import ConvGraph, scatter_sum
+from .batching import StructureBatch, assemble, energies_and_derivatives
+from .conv import ConvGraph
 from .model import E2Former
 from .neighbours import VerletList, check_cell, neighbour_list
 
@@ -37,20 +37,6 @@ def resolve_dtype(dtype) -> torch.dtype:
     if dtype in ("float32", "float64"):
         return getattr(torch, dtype)
     raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-
-
-@dataclass
-class _Batch:
-    species: torch.Tensor  # [N]
-    positions: torch.Tensor  # [N, 3] float64
-    cells: torch.Tensor  # [S, 3, 3] float64
-    batch: torch.Tensor  # [N]
-    receivers: torch.Tensor  # [E]
-    senders: torch.Tensor  # [E]
-    cell_shifts: torch.Tensor  # [E, 3] float64 (integers)
-    edge_batch: torch.Tensor  # [E]
-    periodic: list  # [S] fully periodic?
-    n_atoms: list  # [S]
 
 
 class Predictor:
@@ -114,69 +100,22 @@ class Predictor:
             )
 
     # -- assembling a batch -----------------------------------------------------------------
-    def _assemble(self, atoms_list, neighbours_list) -> _Batch:
-        species, positions, cells, batch, receivers, senders, shifts, edge_batch = [], [], [], [], [], [], [], []
-        offset = 0
-        for s, (atoms, nb) in enumerate(zip(atoms_list, neighbours_list)):
-            n = len(atoms)
-            species.append(np.array([self._index[z] for z in atoms.numbers]))
-            positions.append(atoms.get_positions())
-            cells.append(atoms.cell.array)
-            batch.append(np.full(n, s))
-            receivers.append(nb.receivers + offset)
-            senders.append(nb.senders + offset)
-            shifts.append(nb.shifts)
-            edge_batch.append(np.full(len(nb.receivers), s))
-            offset += n
-        device = self.device
-
-        def cat(parts, dtype):
-            return torch.as_tensor(np.concatenate(parts), dtype=dtype, device=device)
-
-        return _Batch(
-            species=cat(species, torch.long),
-            positions=cat(positions, torch.float64),
-            cells=torch.as_tensor(np.stack(cells), dtype=torch.float64, device=device),
-            batch=cat(batch, torch.long),
-            receivers=cat(receivers, torch.long),
-            senders=cat(senders, torch.long),
-            cell_shifts=cat(shifts, torch.float64),
-            edge_batch=cat(edge_batch, torch.long),
-            periodic=[bool(a.pbc.all()) for a in atoms_list],
-            n_atoms=[len(a) for a in atoms_list],
-        )
-
-    @staticmethod
-    def _shifts(b: _Batch) -> torch.Tensor:
-        """Cartesian image shifts ``S @ cell`` of the edges, with the current cells."""
-        return torch.einsum("ei,eij->ej", b.cell_shifts, b.cells[b.edge_batch])
-
-    def _base_graph(self, b: _Batch) -> ConvGraph:
-        return ConvGraph.build(b.positions, b.receivers, b.senders, self._shifts(b), cutoff=self.cutoff)
+    def _assemble(self, atoms_list, neighbours_list) -> StructureBatch:
+        return assemble([np.array([self._index[z] for z in a.numbers]) for a in atoms_list],
+                        [a.get_positions() for a in atoms_list], [a.cell.array for a in atoms_list],
+                        [a.pbc for a in atoms_list], neighbours_list, self.device)
 
     # -- evaluation -------------------------------------------------------------------------
-    def _evaluate(self, b: _Batch, base: ConvGraph, forces: bool, stress: bool) -> list[dict]:
-        n_structures = len(b.n_atoms)
-        with torch.set_grad_enabled(forces or stress):
-            positions = b.positions.clone().requires_grad_(forces)
-            strain = torch.zeros(n_structures, 3, 3, dtype=torch.float64, device=self.device, requires_grad=stress)
-            deformation = torch.eye(3, dtype=torch.float64, device=self.device) + 0.5 * (strain + strain.transpose(1, 2))
-            strained_positions = torch.einsum("ni,nij->nj", positions, deformation[b.batch])
-            strained_cells = b.cells @ deformation
-            shifts = torch.einsum("ei,eij->ej", b.cell_shifts, strained_cells[b.edge_batch])
-            graph = base.with_positions(strained_positions, shifts)
-            atom_energies = self.model(b.species, graph)  # [N] float64
-            energies = scatter_sum(atom_energies, b.batch, n_structures)
-            finite = torch.isfinite(energies)
-            if not bool(finite.all()):
-                s = int(torch.nonzero(~finite)[0, 0])
-                where = f" for structure {s}" if n_structures > 1 else ""
-                raise FloatingPointError(f"the potential returned a non-finite energy{where}; its weights may be damaged")
-            wanted = [t for t, flag in ((positions, forces), (strain, stress)) if flag]
-            grads = torch.autograd.grad(energies.sum(), wanted) if wanted else []
-        grads = list(grads)
-        force_values = -grads.pop(0) if forces else None
-        virials = grads.pop(0) if stress else None
+    def _evaluate(self, b: StructureBatch, base: ConvGraph, forces: bool, stress: bool) -> list[dict]:
+        out = energies_and_derivatives(self.model, b, base, forces, stress)
+        energies, atom_energies = out["energies"].detach(), out["atom_energies"].detach()
+        finite = torch.isfinite(energies)
+        if not bool(finite.all()):
+            s = int(torch.nonzero(~finite)[0, 0])
+            where = f" for structure {s}" if b.n_structures > 1 else ""
+            raise FloatingPointError(f"the potential returned a non-finite energy{where}; its weights may be damaged")
+        force_values = out.get("forces")
+        virials = out.get("virials")
         results = []
         start = 0
         for s, n in enumerate(b.n_atoms):
@@ -204,8 +143,8 @@ class Predictor:
         neighbours, rebuilt = self.verlet.update(atoms.get_positions(), atoms.cell.array, atoms.pbc, atoms.numbers)
         b = self._assemble([atoms], [neighbours])
         if rebuilt or self._graph is None:
-            self._graph = self._base_graph(b)
-        base = self._graph.with_positions(b.positions, self._shifts(b))  # the cell may have changed (NPT)
+            self._graph = b.graph(self.cutoff)
+        base = self._graph.with_positions(b.positions, b.shifts())  # the cell may have changed (NPT)
         self._check_distances(base, atoms.numbers, [0])
         return self._evaluate(b, base, forces, stress and bool(atoms.pbc.all()))[0]
 
@@ -216,7 +155,7 @@ class Predictor:
             self.check(atoms)
         neighbours = [neighbour_list(a.get_positions(), a.cell.array, a.pbc, self.cutoff) for a in atoms_list]
         b = self._assemble(atoms_list, neighbours)
-        base = self._base_graph(b)
+        base = b.graph(self.cutoff)
         numbers = np.concatenate([a.numbers for a in atoms_list])
         self._check_distances(base, numbers, np.cumsum([0] + [len(a) for a in atoms_list])[:-1])
         return self._evaluate(b, base, forces, stress and any(b.periodic))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import units
-from ase.io import Trajectory, read, write
+from ase.io import Trajectory, write
 
 from .predict import predict
 from .progress import Progress
@@ -167,23 +167,21 @@ def run_relax(atoms, optimizer="fire", fmax=0.05, steps=500, relax_cell=False, t
     return converged
 
 
-def run_eval(atoms_list, calc, output=None, batch_size=16, progress=True):
+def run_eval(atoms_list, calc, output=None, batch_size=16, progress=True, keys=None):
     """Energies, forces (and stresses) of many structures in batches; writes extended XYZ with the
     predictions as ``e2former_energy``, ``e2former_forces``, ``e2former_stress``. Returns the
-    predictions and, where the structures carry reference energies or forces, their errors."""
+    predictions, the errors against the structures' reference labels by configuration type
+    (:class:`~e2former_calc.training.metrics.ErrorTally`) and the parity data."""
+    from .evaluation import tally_errors
+
     atoms_list = list(atoms_list)
     bar = Progress(len(atoms_list), label="eval", unit="structures") if progress else None
     results = predict(atoms_list, calc, batch_size=batch_size, progress=(lambda d, t: bar.update(d)) if bar else None)
     if bar:
         bar.close()
-    errors = {"energy_mae_per_atom": [], "forces_mae": []}
+    tally, parity = tally_errors(atoms_list, results, keys)
     labelled = []
     for atoms, result in zip(atoms_list, results):
-        reference = atoms.calc.results if atoms.calc is not None and hasattr(atoms.calc, "results") else {}
-        if "energy" in reference:
-            errors["energy_mae_per_atom"].append(abs(result["energy"] - reference["energy"]) / len(atoms))
-        if "forces" in reference:
-            errors["forces_mae"].append(float(np.mean(np.abs(result["forces"] - reference["forces"]))))
         copy = atoms.copy()
         copy.calc = None
         copy.info["e2former_energy"] = result["energy"]
@@ -194,16 +192,14 @@ def run_eval(atoms_list, calc, output=None, batch_size=16, progress=True):
         labelled.append(copy)
     if output:
         write(str(output), labelled, format="extxyz")
-    summary = {k: float(np.mean(v)) for k, v in errors.items() if v}
-    return results, summary
+    return results, tally, parity
 
 
 def read_structures(path) -> list:
-    """Every frame of an ASE-readable file, with a clear error for a missing one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"structure file not found: {path}")
-    return read(str(path), index=":")
+    """Every frame of an ASE-readable file (compressed too), with a clear error for a missing one."""
+    from .training.data import read_frames
+
+    return read_frames(path)
 
 
 def energy_drift_text(report: MDReport) -> str:

@@ -13,7 +13,7 @@ from e2former_calc.workflows import thermalize
 
 args = arguments(__doc__, steps=40)
 atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
-atoms.calc = load(args, skin=1.0)
+atoms.calc = load(args, default="e2former-emt-cu", skin=1.0)
 thermalize(atoms, 300, seed=0)
 dt = 1.0 * units.fs
 dyn = IsotropicMTKNPT(atoms, timestep=dt, temperature_K=300, pressure_au=1.0 * units.bar, tdamp=100 * dt, pdamp=1000 * dt)

@@ -59,6 +59,16 @@ def test_errors_are_clear(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert main(["md", "--system", "ethanol", "--ensemble", "npt", "--steps", "2"]) == 2
     assert "fully periodic" in capsys.readouterr().err
+    iron = tmp_path / "fe.xyz"
+    write(iron, bulk_iron())
+    assert main(["md", "--structure", str(iron), "--steps", "2"]) == 2
+    assert "no shipped potential covers the elements Fe" in capsys.readouterr().err
+
+
+def bulk_iron():
+    from ase.build import bulk
+
+    return bulk("Fe", "bcc", a=2.87, cubic=True)
 
 
 def test_console_script_is_installed():

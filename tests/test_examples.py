@@ -9,7 +9,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "md_examples"
 SCRIPTS = {
     "nve_energy_drift.py": (["--steps", "40"], "energy drift"),
-    "langevin_nvt.py": (["--steps", "10"], "wrote water_nvt.traj"),
+    "langevin_nvt.py": (["--steps", "10"], "wrote benzene_nvt.traj"),
     "npt_crystal.py": (["--steps", "10"], "GPa"),
     "relax_structures.py": (["--steps", "20"], "copper: E ="),
     "batch_predict.py": ([], "max |F|"),

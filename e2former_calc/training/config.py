@@ -1,0 +1,166 @@
+"""The training configuration: one YAML file, checked before any work starts.
+
+Example (every key shown; only ``data.train`` and ``output`` are required)::
+
+    data:
+      train: datasets/xtb-rmd17/train.extxyz.gz    # any ASE-readable file
+      valid: datasets/xtb-rmd17/valid.extxyz.gz    # optional; else `valid_fraction` of train
+      valid_fraction: 0.05
+      energy_key: REF_energy
+      forces_key: REF_forces
+      stress_key: REF_stress                       # null: no stress training
+      e0: least_squares                            # or isolated_atoms, or {H: -10.7, C: -48.8}
+    model:
+      preset: small                                # plus any E2FormerConfig field, e.g.
+      channels: 32
+      energy_scale: auto                           # auto: RMS force component of the data
+      average_neighbours: auto                     # auto: mean neighbours per atom of the data
+    training:
+      dtype: float64                               # or float32
+      batch_size: 8
+      max_epochs: 100
+      max_time_minutes: null                       # stop (and write the potential) after this
+      lr: 0.005
+      min_lr_factor: 0.02                          # cosine schedule ends at lr * this
+      warmup_epochs: 1
+      weight_decay: 1.0e-6                         # AdamW (decoupled)
+      ema_decay: 0.99
+      clip_grad_norm: 10.0
+      loss: {energy: 1.0, forces: 100.0, stress: 10.0}
+      seed: 0
+      threads: null                                # torch threads; null leaves torch's default
+    output: runs/organic                           # checkpoint.pt, log.csv, potential.pt go here
+    name: e2former-xtb-organic                     # recorded in the potential file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..model import E2FormerConfig
+
+
+@dataclass(frozen=True)
+class DataSection:
+    train: str
+    valid: str | None = None
+    valid_fraction: float = 0.05
+    energy_key: str = "REF_energy"
+    forces_key: str | None = "REF_forces"
+    stress_key: str | None = "REF_stress"
+    e0: object = "least_squares"
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    dtype: str = "float64"
+    batch_size: int = 8
+    max_epochs: int = 100
+    max_time_minutes: float | None = None
+    lr: float = 0.005
+    min_lr_factor: float = 0.02
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-6
+    ema_decay: float = 0.99
+    clip_grad_norm: float | None = 10.0
+    loss: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 10.0})
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataSection
+    model: dict
+    training: TrainingSection
+    output: str
+    name: str = "e2former-potential"
+    source: str = ""  # the YAML file it came from
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output)
+
+    def model_config(self, energy_scale: float, average_neighbours: float) -> E2FormerConfig:
+        """The network's hyper-parameters, with ``auto`` values filled in from the data."""
+        values = dict(self.model)
+        preset = values.pop("preset", "small")
+        known = {f.name for f in dataclasses.fields(E2FormerConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"training config: unknown keys in 'model': {', '.join(unknown)} "
+                             f"(known: preset, {', '.join(sorted(known))})")
+        if values.get("energy_scale", "auto") == "auto":
+            values["energy_scale"] = energy_scale
+        if values.get("average_neighbours", "auto") == "auto":
+            values["average_neighbours"] = average_neighbours
+        return E2FormerConfig.preset(preset, **values)
+
+    def to_dict(self) -> dict:
+        return {"data": dataclasses.asdict(self.data), "model": dict(self.model),
+                "training": dataclasses.asdict(self.training), "output": self.output, "name": self.name}
+
+
+def _section(cls, values, name: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"training config: '{name}' must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"training config: unknown keys in '{name}': {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return cls(**values)
+
+
+def parse_config(values: dict, source: str = "") -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping; raises ``ValueError`` naming the offending key."""
+    if not isinstance(values, dict):
+        raise ValueError("training config: the file must hold a mapping (data:, model:, training:, output:)")
+    unknown = sorted(set(values) - {"data", "model", "training", "output", "name"})
+    if unknown:
+        raise ValueError(f"training config: unknown top-level keys: {', '.join(unknown)}")
+    if "data" not in values or not isinstance(values["data"], dict) or "train" not in values["data"]:
+        raise ValueError("training config: 'data: train:' (the training structures) is required")
+    if "output" not in values:
+        raise ValueError("training config: 'output:' (the run folder) is required")
+    data = _section(DataSection, values["data"], "data")
+    training = _section(TrainingSection, values.get("training"), "training")
+    model = dict(values.get("model") or {})
+    loss = {"energy": 1.0, "forces": 100.0, "stress": 10.0, **dict(training.loss)}
+    checks = [
+        (training.dtype in ("float32", "float64"), f"training.dtype must be float32 or float64, got {training.dtype!r}"),
+        (training.batch_size >= 1, "training.batch_size must be >= 1"),
+        (training.max_epochs >= 1, "training.max_epochs must be >= 1"),
+        (training.lr > 0, "training.lr must be positive"),
+        (0 <= training.ema_decay < 1, "training.ema_decay must lie in [0, 1)"),
+        (0 < training.min_lr_factor <= 1, "training.min_lr_factor must lie in (0, 1]"),
+        (set(loss) == {"energy", "forces", "stress"}, f"training.loss takes energy, forces, stress; got {sorted(loss)}"),
+        (all(w >= 0 for w in loss.values()), "training.loss weights must be >= 0"),
+        (0 < data.valid_fraction < 1, "data.valid_fraction must lie in (0, 1)"),
+        (data.e0 in ("least_squares", "isolated_atoms") or isinstance(data.e0, dict),
+         f"data.e0 must be least_squares, isolated_atoms or a mapping element: energy, got {data.e0!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"training config: {message}")
+    training = dataclasses.replace(training, loss=loss)
+    config = TrainConfig(data=data, model=model, training=training, output=str(values["output"]),
+                         name=str(values.get("name", "e2former-potential")), source=source)
+    config.model_config(1.0, 1.0)  # raises now on unknown or invalid model keys
+    return config
+
+
+def load_config(path) -> TrainConfig:
+    """Read and check a YAML training configuration. Relative data and output paths are taken
+    relative to the current directory (where ``e2former train`` runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    with open(path) as handle:
+        values = yaml.safe_load(handle)
+    return parse_config(values, source=str(path))

@@ -1,0 +1,418 @@
+"""The training loop: energies, forces and stresses, AdamW, cosine schedule, EMA, checkpoints,
+exact resume and data-parallel processes.
+
+Loss of a batch ``B`` (``n_s`` atoms in structure ``s``; hats are references)::
+
+    L = w_E mean_s ((E_s - Ê_s) / n_s)^2 + w_F mean_{atoms, xyz} (F - F̂)^2 + w_S mean_{s periodic, ij} (σ_s - σ̂_s)^2
+
+Data parallel: with ``torchrun --nproc_per_node P``, every process takes every P-th structure of
+each batch, normalises its part of the loss by the counts of the *whole* batch and the gradients
+are summed across processes (``all_reduce``). The update is then exactly that of one process
+on the whole batch, up to the order of floating-point sums. (The all-reduce is explicit rather
+than through ``DistributedDataParallel``, whose hooks do not support the double backward that
+force training needs.)
+
+Reproducible: weights start from ``seed``, the batch order of epoch ``k`` comes from a generator
+seeded by ``(seed, k)``, and the checkpoint written after every epoch holds the weights, the
+optimiser, the EMA and the history. A run that is killed resumes from the last finished epoch
+and reaches the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ase.data import atomic_numbers as symbol_to_z
+from ase.data import chemical_symbols
+
+from ..batching import assemble, energies_and_derivatives
+from ..model import E2Former
+from ..model_file import save_model
+from ..progress import Progress
+from .config import TrainConfig
+from .data import (
+    attach_neighbours,
+    check_species,
+    fit_e0,
+    isolated_atom_e0,
+    read_samples,
+    species_of,
+    statistics,
+)
+from .ema import ExponentialMovingAverage
+from .metrics import ErrorTally
+
+CHECKPOINT_FORMAT = "e2former-calc-checkpoint"
+#: Settings that may change between a run and its resumption (the rest must match the checkpoint).
+RESUMABLE = ("max_epochs", "max_time_minutes", "threads")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot continue this configuration."""
+
+
+def _atomic_save(content, path: Path) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(content, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+class Trainer:
+    """Trains an E2Former from a :class:`~e2former_calc.training.config.TrainConfig`.
+
+    Call :meth:`run`; it resumes from ``output/checkpoint.pt`` when one exists (``restart=True``
+    starts over) and returns the path of the written potential.
+    """
+
+    def __init__(self, config: TrainConfig, restart: bool = False, progress: bool = True, log=print):
+        self.config = config
+        self.restart = restart
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.progress = progress and self.rank == 0
+        self._log = log
+        self.out = config.output_dir
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        self.potential_path = self.out / "potential.pt"
+        t = config.training
+        if t.threads:
+            torch.set_num_threads(int(t.threads))
+        self.dtype = getattr(torch, t.dtype)
+        self.device = torch.device("cpu")
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            self._log(message)
+
+    # -- data -------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        d = self.config.data
+        train = read_samples(d.train, d.energy_key, d.forces_key, d.stress_key)
+        if d.valid:
+            valid = read_samples(d.valid, d.energy_key, d.forces_key, d.stress_key)
+        else:  # a seeded fraction of the training file
+            order = np.random.default_rng(self.config.training.seed).permutation(len(train))
+            n_valid = max(1, int(round(d.valid_fraction * len(train))))
+            valid = [train[i] for i in order[:n_valid]]
+            train = [train[i] for i in sorted(order[n_valid:])]
+        if d.forces_key is not None:
+            for name, samples in (("train", train), ("valid", valid)):
+                missing = [k for k, s in enumerate(samples) if s.forces is None]
+                if missing:
+                    raise ValueError(f"data.{name}: frame {missing[0]} has no forces under {d.forces_key!r} "
+                                     "(set forces_key: null to train on energies only)")
+        self.train, self.valid = train, valid
+
+    def _e0(self, species) -> list[float]:
+        e0 = self.config.data.e0
+        if e0 == "least_squares":
+            return fit_e0(self.train, species)
+        if e0 == "isolated_atoms":
+            return isolated_atom_e0(self.train, species)
+        values = {symbol_to_z[str(k)] if str(k) in symbol_to_z else int(k): float(v) for k, v in e0.items()}
+        missing = [chemical_symbols[z] for z in species if z not in values]
+        if missing:
+            raise ValueError(f"data.e0 gives no energy for {', '.join(missing)}")
+        return [values[z] for z in species]
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _build(self) -> None:
+        self._load_data()
+        species = species_of(self.train)
+        check_species(self.valid, species, "data.valid")
+        self.e0 = self._e0(species)
+        e0_by_z = dict(zip(species, self.e0))
+        cutoff = float(self.config.model_config(1.0, 1.0).cutoff)
+        attach_neighbours(self.train, cutoff)
+        attach_neighbours(self.valid, cutoff)
+        self.stats = statistics(self.train, e0_by_z)
+        self.model_config = self.config.model_config(self.stats["rms_force"] or 1.0, self.stats["mean_neighbours"])
+        torch.manual_seed(self.config.training.seed)
+        self.model = E2Former(self.model_config, species, self.e0).to(device=self.device, dtype=self.dtype)
+        if self.world > 1:
+            for p in self.model.parameters():
+                dist.broadcast(p.data, src=0)
+        self.index = {z: k for k, z in enumerate(species)}
+        for s in self.train + self.valid:
+            s.species = np.array([self.index[int(z)] for z in s.numbers])
+        t = self.config.training
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.ema = ExponentialMovingAverage(self.model, t.ema_decay)
+        self.steps_per_epoch = math.ceil(len(self.train) / t.batch_size)
+        self.epoch = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        self.best = {"loss": float("inf"), "epoch": -1, "ema": None}
+        self.finished = ""
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up, then a cosine from ``lr`` to ``lr * min_lr_factor`` at ``max_epochs``."""
+        t = self.config.training
+        warmup = t.warmup_epochs * self.steps_per_epoch
+        total = t.max_epochs * self.steps_per_epoch
+        if step < warmup:
+            return t.lr * (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+        return t.lr * (t.min_lr_factor + (1 - t.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    # -- one batch --------------------------------------------------------------------------
+    def _batch_outputs(self, samples, create_graph: bool):
+        b = assemble([s.species for s in samples], [s.positions for s in samples], [s.cell for s in samples],
+                     [s.pbc for s in samples], [s.neighbours for s in samples], self.device)
+        want_forces = self.config.data.forces_key is not None
+        want_stress = any(s.stress is not None for s in samples)
+        out = energies_and_derivatives(self.model, b, b.graph(self.model_config.cutoff), want_forces, want_stress,
+                                       create_graph=create_graph)
+        return b, out
+
+    def _loss(self, samples, counts) -> torch.Tensor:
+        """This process's share of the loss of a batch whose totals are ``counts``."""
+        w = self.config.training.loss
+        b, out = self._batch_outputs(samples, create_graph=True)
+        f64 = dict(dtype=torch.float64, device=self.device)
+        n_atoms = torch.tensor(b.n_atoms, **f64)
+        reference = torch.tensor([s.energy for s in samples], **f64)
+        loss = w["energy"] * (((out["energies"] - reference) / n_atoms) ** 2).sum() / counts["structures"]
+        if "forces" in out and w["forces"] > 0:
+            forces = torch.as_tensor(np.concatenate([s.forces for s in samples]), **f64)
+            loss = loss + w["forces"] * ((out["forces"] - forces) ** 2).sum() / (3 * counts["atoms"])
+        if "virials" in out and w["stress"] > 0 and counts["stress"]:
+            for k, s in enumerate(samples):
+                if s.stress is not None:
+                    sigma = out["virials"][k] / s.volume
+                    target = torch.as_tensor(s.stress, **f64)
+                    loss = loss + w["stress"] * ((sigma - target) ** 2).sum() / (9 * counts["stress"])
+        return loss
+
+    def _train_epoch(self, epoch: int, deadline: float | None) -> tuple[float, bool]:
+        t = self.config.training
+        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train), generator=generator).tolist()
+        batches = [order[k : k + t.batch_size] for k in range(0, len(order), t.batch_size)]
+        bar = Progress(len(batches), label=f"epoch {epoch + 1}", unit="batches") if self.progress else None
+        self.model.train()
+        total_loss, timed_out = 0.0, False
+        for k, indices in enumerate(batches):
+            step = epoch * self.steps_per_epoch + k
+            batch = [self.train[i] for i in indices]
+            counts = {"structures": len(batch), "atoms": sum(s.n_atoms for s in batch),
+                      "stress": sum(s.stress is not None for s in batch)}
+            mine = batch[self.rank :: self.world]
+            self.optimizer.zero_grad(set_to_none=False)
+            loss = self._loss(mine, counts) if mine else sum(0.0 * p.sum() for p in self.model.parameters())
+            loss.backward()
+            if self.world > 1:
+                for p in self.model.parameters():
+                    dist.all_reduce(p.grad)
+                loss_value = loss.detach().clone()
+                dist.all_reduce(loss_value)
+            else:
+                loss_value = loss.detach()
+            if not math.isfinite(float(loss_value)):  # before the step: the weights stay as they were
+                raise FloatingPointError(f"epoch {epoch + 1}, batch {k}: the loss is {float(loss_value)}; "
+                                         "lower training.lr or check the data (the last checkpoint is intact)")
+            if t.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(step)
+            self.optimizer.step()
+            self.ema.update(self.model)
+            total_loss += float(loss_value)
+            if bar:
+                bar.update(k + 1, extra=f"loss {total_loss / (k + 1):.4g}")
+            if deadline is not None and time.monotonic() > deadline:
+                timed_out = True
+                break
+        if bar:
+            bar.close()
+        return total_loss / (k + 1), timed_out
+
+    # -- validation -------------------------------------------------------------------------
+    def evaluate(self, samples, batch_size: int | None = None) -> ErrorTally:
+        """Errors of the current model on ``samples`` (this process's share; summed across
+        processes when distributed)."""
+        tally = ErrorTally()
+        batch_size = batch_size or self.config.training.batch_size
+        self.model.eval()
+        mine = samples[self.rank :: self.world]
+        for k in range(0, len(mine), batch_size):
+            batch = mine[k : k + batch_size]
+            _, out = self._batch_outputs(batch, create_graph=False)
+            energies = out["energies"].detach().cpu().numpy()
+            forces = out["forces"].detach().cpu().numpy() if "forces" in out else None
+            start = 0
+            for j, s in enumerate(batch):
+                force_error = forces[start : start + s.n_atoms] - s.forces if forces is not None and s.forces is not None else None
+                stress_error = None
+                if s.stress is not None and "virials" in out:
+                    stress_error = out["virials"][j].detach().cpu().numpy() / s.volume - s.stress
+                tally.add(s.config_type, s.n_atoms, float(energies[j] - s.energy), force_error, stress_error)
+                start += s.n_atoms
+        if self.world > 1:
+            keys = sorted({s.config_type for s in samples}) + ["all"]
+            values = torch.as_tensor(tally.vector(keys), dtype=torch.float64)
+            dist.all_reduce(values)
+            tally.load_vector(keys, values.numpy())
+        return tally
+
+    def _validation_loss(self, m: dict) -> float:
+        """A scalar for choosing the best epoch: the loss weights applied to RMSEs (eV units)."""
+        w = self.config.training.loss
+        value = w["energy"] * (m["energy_per_atom_rmse"] / 1000) ** 2
+        if "forces_rmse" in m:
+            value += w["forces"] * (m["forces_rmse"] / 1000) ** 2
+        if "stress_rmse" in m:
+            value += w["stress"] * (m["stress_rmse"] / 1000) ** 2
+        return value
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _fingerprint(self) -> dict:
+        values = self.config.to_dict()
+        values["training"] = {k: v for k, v in values["training"].items() if k not in RESUMABLE}
+        values.pop("output")
+        return values
+
+    def _save_checkpoint(self) -> None:
+        content = {
+            "format": CHECKPOINT_FORMAT, "format_version": 1, "fingerprint": self._fingerprint(),
+            "epoch": self.epoch, "elapsed": self.elapsed, "history": self.history, "finished": self.finished,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
+            "best": {"loss": self.best["loss"], "epoch": self.best["epoch"], "ema": self.best["ema"]},
+        }
+        _atomic_save(content, self.checkpoint_path)
+
+    def _load_checkpoint(self) -> None:
+        try:
+            content = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - a torn or foreign file: say so
+            raise CheckpointError(f"{self.checkpoint_path} cannot be read ({type(error).__name__}: {error}); "
+                                  "delete it or use --restart") from None
+        if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.checkpoint_path} is not an e2former-calc training checkpoint")
+        if content["fingerprint"] != self._fingerprint():
+            old, new = content["fingerprint"], self._fingerprint()
+            changed = sorted(f"{section}.{k}" if isinstance(new.get(section), dict) else section
+                             for section in set(old) | set(new)
+                             for k in ((set(old.get(section, {})) | set(new.get(section, {})))
+                                       if isinstance(new.get(section), dict) else [None])
+                             if (old.get(section, {}).get(k) if k else old.get(section))
+                             != (new.get(section, {}).get(k) if k else new.get(section)))
+            raise CheckpointError(f"{self.checkpoint_path} was made with other settings ({', '.join(changed)}); "
+                                  f"only {', '.join('training.' + r for r in RESUMABLE)} may change on resume. "
+                                  "Use another output folder or --restart")
+        self.model.load_state_dict(content["model"])
+        self.optimizer.load_state_dict(content["optimizer"])
+        self.ema.load_state_dict(content["ema"])
+        self.epoch, self.elapsed = int(content["epoch"]), float(content["elapsed"])
+        self.history = list(content["history"])  # "finished" is decided anew: the limits may have grown
+        self.best = dict(content["best"])
+
+    def _write_log(self) -> None:
+        if not self.history:
+            return
+        fields = list(self.history[0])
+        for row in self.history:
+            fields += [k for k in row if k not in fields]
+        path = self.out / "log.csv"
+        with open(path.with_suffix(".tmp"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def _write_potential(self) -> Path:
+        final = E2Former(self.model_config, self.model.atomic_numbers, self.model.e0).to(dtype=self.dtype)
+        final.load_state_dict(self.model.state_dict())
+        if self.best["ema"] is not None:
+            with torch.no_grad():
+                for name, p in final.named_parameters():
+                    p.copy_(self.best["ema"][name])
+        best_row = next((r for r in self.history if r["epoch"] == self.best["epoch"]), {})
+        provenance = {
+            "name": self.config.name, "train": self.config.data.train, "valid": self.config.data.valid or "fraction of train",
+            "epochs": self.epoch, "best_epoch": self.best["epoch"], "training_time_s": f"{self.elapsed:.0f}",
+            "processes": self.world, "hardware": f"{platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads x {self.world} processes",
+            "validation": {k: v for k, v in best_row.items() if k.startswith("valid_")},
+            "config": self.config.to_dict(),
+        }
+        return save_model(final, self.potential_path, provenance)
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> Path:
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build()
+        if self.checkpoint_path.exists() and not self.restart:
+            self._load_checkpoint()
+            self.log(f"resuming from {self.checkpoint_path}: {self.epoch} epochs done, {self.elapsed:.0f} s trained")
+        else:
+            self.log(f"training {self.config.name}: {len(self.train)} training and {len(self.valid)} validation "
+                     f"structures, species {', '.join(chemical_symbols[z] for z in self.model.atomic_numbers)}, "
+                     f"{sum(p.numel() for p in self.model.parameters())} parameters, {self.config.training.dtype}, "
+                     f"{self.world} process(es); RMS force {self.stats['rms_force']:.3f} eV/Å, "
+                     f"{self.stats['mean_neighbours']:.1f} neighbours per atom")
+        t = self.config.training
+        budget = None if t.max_time_minutes is None else 60 * t.max_time_minutes
+        while self.epoch < t.max_epochs and not self.finished:
+            if budget is not None and self.elapsed >= budget:
+                self.finished = "time limit"
+                break
+            start = time.monotonic()
+            deadline = None if budget is None else start + budget - self.elapsed
+            train_loss, timed_out = self._train_epoch(self.epoch, deadline)
+            live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.ema.copy_to(self.model)
+            metrics = self.evaluate(self.valid).metrics()
+            self.model.load_state_dict(live)
+            self.elapsed += time.monotonic() - start
+            self.epoch += 1
+            row = {"epoch": self.epoch, "time_s": round(self.elapsed, 1),
+                   "lr": self.learning_rate(self.epoch * self.steps_per_epoch - 1), "train_loss": train_loss}
+            row.update({f"valid_{k}": v for k, v in metrics.items() if k != "frames"})
+            self.history.append(row)
+            value = self._validation_loss(metrics)
+            if value < self.best["loss"]:
+                self.best = {"loss": value, "epoch": self.epoch, "ema": {k: v.clone() for k, v in self.ema.shadow.items()}}
+            if timed_out:
+                self.finished = "time limit"
+            elif self.epoch >= t.max_epochs:
+                self.finished = "max_epochs"
+            if self.rank == 0:
+                self._save_checkpoint()
+                self._write_log()
+            self.log(f"epoch {self.epoch}: loss {train_loss:.4g}, valid E {metrics['energy_per_atom_mae']:.2f} meV/atom, "
+                     f"F {metrics.get('forces_mae', float('nan')):.1f} meV/Å"
+                     + (f", σ {metrics['stress_mae']:.3f} meV/Å³" if "stress_mae" in metrics else "")
+                     + f" ({self.elapsed:.0f} s)")
+        path = self.potential_path
+        if self.rank == 0:
+            path = self._write_potential()
+            self.log(f"finished ({self.finished or 'max_epochs'}) after {self.epoch} epochs, {self.elapsed:.0f} s; "
+                     f"best validation at epoch {self.best['epoch']}; wrote {path}")
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+
+def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> Path:
+    """Train as configured (resuming when a checkpoint exists); the path of the potential file."""
+    return Trainer(config, restart=restart, progress=progress).run()
+
+
+

@@ -1,0 +1,49 @@
+"""The shipped potentials: they load by name in both precisions, agree between them, and still
+reach the test errors their model cards and benchmarks/results report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2former_calc import E2FormerCalculator, predict
+from e2former_calc.evaluation import tally_errors
+from e2former_calc.training.data import read_frames
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = {
+    "e2former-xtb-organic": ("xtb-rmd17", ("H", "C", "N", "O")),
+    "e2former-emt-cu": ("emt-cu", ("Cu",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_loads_in_both_precisions_and_they_agree(name):
+    data, species = SHIPPED[name]
+    frames = read_frames(ROOT / "datasets" / data / "test.extxyz.gz", index=":12")
+    results = {}
+    for dtype in ("float64", "float32"):
+        calc = E2FormerCalculator.from_pretrained(name, device="cpu", dtype=dtype, quiet=True)
+        assert calc.predictor.symbols == list(species)
+        results[dtype] = predict(frames, calc, batch_size=4)
+    for a, b, atoms in zip(results["float64"], results["float32"], frames):
+        assert abs(a["energy"] - b["energy"]) / len(atoms) < 1e-4  # eV/atom
+        np.testing.assert_allclose(b["forces"], a["forces"], atol=2e-3)  # eV/Å
+        if "stress" in a:
+            np.testing.assert_allclose(b["stress"], a["stress"], atol=1e-5)  # eV/Å³
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_test_errors_match_the_reported_ones(name):
+    """Every 10th test frame: the force and energy MAE stay within 25% of the full test set's
+    numbers in benchmarks/results (sampling a tenth moves them by a few per cent)."""
+    data, _ = SHIPPED[name]
+    reported = json.loads((ROOT / "benchmarks" / "results" / f"accuracy_e2former_{data}.json").read_text())
+    overall = reported["test"]["overall"]
+    frames = read_frames(ROOT / "datasets" / data / "test.extxyz.gz", index="::10")
+    calc = E2FormerCalculator.from_pretrained(name, device="cpu", dtype="float64", quiet=True)
+    tally, _ = tally_errors(frames, predict(frames, calc, batch_size=16))
+    measured = tally.metrics("all")
+    assert measured["forces_mae"] < 1.25 * overall["forces_mae"]
+    assert measured["energy_per_atom_mae"] < 1.25 * overall["energy_per_atom_mae"] + 0.5  # meV/atom

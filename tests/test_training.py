@@ -1,0 +1,234 @@
+"""Training: configuration checks, E0 fit, learning, exact resume after kill -9, data-parallel
+equivalence with one process, evaluation tables and parity plots."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+from e2former_calc.batching import assemble, energies_and_derivatives
+from e2former_calc.cli import main
+from e2former_calc.model import E2Former, E2FormerConfig
+from e2former_calc.model_file import load_model
+from e2former_calc.neighbours import neighbour_list
+from e2former_calc.training import CheckpointError, Trainer, parse_config
+from e2former_calc.training.data import Sample, fit_e0, read_samples
+
+TINY_MODEL = {"preset": "small", "channels": 8, "num_layers": 1, "num_heads": 2, "head_dim": 4,
+              "feedforward_channels": 16, "radial_hidden": 16, "max_degree": 1, "cutoff": 4.0}
+
+
+def copper_frames(n, seed):
+    """Rattled, strained 8-atom copper cells (periodic, with stress) and 4-atom clusters (not)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        if k % 4 == 3:
+            atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+            atoms.pbc = False
+            atoms.center(vacuum=3.0)
+        else:
+            atoms = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
+            e = rng.uniform(-0.03, 0.03, (3, 3))
+            atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (e + e.T)), scale_atoms=True)
+        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.info["REF_energy"] = atoms.get_potential_energy()
+        atoms.arrays["REF_forces"] = atoms.get_forces()
+        if atoms.pbc.all():
+            atoms.info["REF_stress"] = atoms.get_stress()
+        atoms.info["config_type"] = "cluster" if k % 4 == 3 else "bulk"
+        atoms.calc = None
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def copper_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cu")
+    write(folder / "train.extxyz", copper_frames(16, 0))
+    write(folder / "valid.extxyz", copper_frames(4, 1))
+    return folder
+
+
+def write_config(folder, data, output, **training):
+    values = {
+        "data": {"train": str(data / "train.extxyz"), "valid": str(data / "valid.extxyz"),
+                 "e0": {"Cu": -0.01}},
+        "model": dict(TINY_MODEL),
+        "training": {"batch_size": 4, "max_epochs": 3, "lr": 0.01, "threads": 1, "seed": 3, **training},
+        "output": str(output), "name": "tiny-cu",
+    }
+    path = Path(folder) / f"{Path(output).name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_config_errors_name_the_key():
+    base = {"data": {"train": "x.xyz"}, "output": "run"}
+    parse_config(base)
+    for bad, words in [
+        ({**base, "trainig": {}}, "trainig"),
+        ({"output": "run"}, "data: train"),
+        ({**base, "training": {"dtype": "float16"}}, "training.dtype"),
+        ({**base, "training": {"lr_max": 1}}, "lr_max"),
+        ({**base, "model": {"chanels": 3}}, "chanels"),
+        ({**base, "training": {"loss": {"energy": 1, "dipole": 2}}}, "dipole"),
+        ({**base, "data": {"train": "x", "e0": "magic"}}, "data.e0"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            parse_config(bad)
+
+
+def test_least_squares_e0_recovers_reference_energies():
+    e0 = {1: -13.6, 6: -1029.0, 8: -2040.0}
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(12):
+        numbers = rng.choice([1, 6, 8], size=rng.integers(3, 9))
+        energy = sum(e0[z] for z in numbers)
+        samples.append(Sample(numbers, np.zeros((len(numbers), 3)), np.zeros((3, 3)), np.zeros(3, bool), energy,
+                              None, None, "x"))
+    np.testing.assert_allclose(fit_e0(samples, [1, 6, 8]), [-13.6, -1029.0, -2040.0], rtol=1e-12)
+    same_ratio = [Sample(np.array([1, 1, 8] * k), None, None, None, -10.0 * k, None, None, "x") for k in (1, 2, 3)]
+    with pytest.raises(ValueError, match="determine only 1 of the 2"):
+        fit_e0(same_ratio, [1, 8])
+
+
+def test_missing_labels_name_the_frame(tmp_path):
+    frames = copper_frames(3, 0)
+    del frames[1].info["REF_energy"]
+    write(tmp_path / "bad.extxyz", frames)
+    with pytest.raises(ValueError, match="frame 1: no energy under the key 'REF_energy'"):
+        read_samples(tmp_path / "bad.extxyz")
+
+
+def test_training_forces_equal_inference_forces(float64):
+    torch.manual_seed(0)
+    model = E2Former(E2FormerConfig.preset("small", **{k: v for k, v in TINY_MODEL.items() if k != "preset"}), [29])
+    frames = copper_frames(3, 2)
+    nbs = [neighbour_list(a.positions, a.cell.array, a.pbc, 4.0) for a in frames]
+    b = assemble([np.zeros(len(a), int) for a in frames], [a.positions for a in frames],
+                 [a.cell.array for a in frames], [a.pbc for a in frames], nbs, "cpu")
+    plain = energies_and_derivatives(model, b, b.graph(4.0), True, True)
+    graph = energies_and_derivatives(model, b, b.graph(4.0), True, True, create_graph=True)
+    assert graph["forces"].requires_grad and graph["virials"].requires_grad
+    torch.testing.assert_close(graph["forces"].detach(), plain["forces"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(graph["virials"].detach(), plain["virials"], rtol=1e-12, atol=1e-12)
+
+
+def test_training_learns_and_writes_a_loadable_potential(copper_data, tmp_path):
+    config = parse_config(yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "run", max_epochs=6).read_text()))
+    trainer = Trainer(config, progress=False, log=lambda m: None)
+    path = trainer.run()
+    history = trainer.history
+    assert len(history) == 6
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert history[-1]["valid_forces_mae"] < history[0]["valid_forces_mae"]
+    assert "valid_stress_mae" in history[-1]
+    model, metadata = load_model(path)
+    assert model.atomic_numbers == (29,) and metadata["dtype"] == "float64"
+    assert metadata["provenance"]["name"] == "tiny-cu"
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 7
+    # a finished run resumes to "finished" and rewrites the same potential
+    again = Trainer(config, progress=False, log=lambda m: None)
+    again.run()
+    for k, v in load_model(path)[0].state_dict().items():
+        assert torch.equal(v, model.state_dict()[k])
+
+
+def test_float32_training_runs(copper_data, tmp_path):
+    config = parse_config(yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "run32", max_epochs=1,
+                                                      dtype="float32").read_text()))
+    model, metadata = load_model(Trainer(config, progress=False, log=lambda m: None).run())
+    assert metadata["dtype"] == "float32" and model.dtype == torch.float32
+
+
+def test_changed_settings_refuse_to_resume(copper_data, tmp_path):
+    path = write_config(tmp_path, copper_data, tmp_path / "run", max_epochs=1)
+    Trainer(parse_config(yaml.safe_load(path.read_text())), progress=False, log=lambda m: None).run()
+    changed = yaml.safe_load(path.read_text())
+    changed["training"]["lr"] = 0.5
+    with pytest.raises(CheckpointError, match="training.lr"):
+        Trainer(parse_config(changed), progress=False, log=lambda m: None).run()
+    changed["training"]["lr"] = 0.01
+    changed["training"]["max_epochs"] = 2  # allowed: a longer run continues
+    trainer = Trainer(parse_config(changed), progress=False, log=lambda m: None)
+    trainer.run()
+    assert trainer.epoch == 2
+
+
+def _final_weights(output):
+    content = torch.load(Path(output) / "checkpoint.pt", weights_only=True)
+    return content["model"], content["epoch"]
+
+
+def test_kill_9_then_resume_gives_the_same_weights(copper_data, tmp_path):
+    """An uninterrupted run and a run killed (SIGKILL) after its first checkpoint and resumed end
+    with bit-identical weights."""
+    straight = write_config(tmp_path, copper_data, tmp_path / "straight", max_epochs=4)
+    killed = write_config(tmp_path, copper_data, tmp_path / "killed", max_epochs=4)
+    command = [sys.executable, "-m", "e2former_calc", "train", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, str(straight)], check=True, env=env, capture_output=True, timeout=600)
+    process = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, epochs_at_kill = _final_weights(tmp_path / "killed")
+    assert 1 <= epochs_at_kill < 4, "the kill should land after the first checkpoint and before the end"
+    result = subprocess.run([*command, str(killed)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming from {checkpoint}: {epochs_at_kill} epochs done" in result.stdout
+    a, epochs_a = _final_weights(tmp_path / "straight")
+    b, epochs_b = _final_weights(tmp_path / "killed")
+    assert epochs_a == epochs_b == 4
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_processes_train_like_one(copper_data, tmp_path):
+    """torchrun with two CPU processes (gloo): each takes half of every batch and the gradients
+    are summed, so the weights after an epoch equal those of one process (float64 round-off)."""
+    one = write_config(tmp_path, copper_data, tmp_path / "one", max_epochs=2, ema_decay=0.5)
+    two = write_config(tmp_path, copper_data, tmp_path / "two", max_epochs=2, ema_decay=0.5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "e2former_calc", "train", "--quiet", str(one)], check=True, env=env,
+                   capture_output=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "e2former_calc", "train", "--quiet", str(two)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, _ = _final_weights(tmp_path / "one")
+    b, _ = _final_weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-9, atol=1e-11, msg=key)
+    log_one = (tmp_path / "one" / "log.csv").read_text().splitlines()
+    log_two = (tmp_path / "two" / "log.csv").read_text().splitlines()
+    valid_one = [float(x) for x in log_one[-1].split(",")[4:]]
+    valid_two = [float(x) for x in log_two[-1].split(",")[4:]]
+    np.testing.assert_allclose(valid_two, valid_one, rtol=1e-7)
+
+
+def test_eval_prints_a_table_per_type_and_draws_parity_plots(copper_data, tmp_path, capsys, monkeypatch):
+    config = parse_config(yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "run", max_epochs=1).read_text()))
+    potential = Trainer(config, progress=False, log=lambda m: None).run()
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(potential), str(copper_data / "valid.extxyz"), "--plots", "fig/parity"]) == 0
+    out = capsys.readouterr().out
+    assert "| bulk | 3 |" in out and "| cluster | 1 |" in out and "| all | 4 |" in out
+    for name in ("fig/parity_energy.png", "fig/parity_forces.png", "metrics.json", "predictions.extxyz"):
+        assert (tmp_path / name).stat().st_size > 1000 or name.endswith("json")
