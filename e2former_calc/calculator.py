@@ -16,13 +16,16 @@ from .predictor import Predictor
 
 #: The repository's ``potentials/`` folder (present in a clone and an editable install).
 POTENTIALS = Path(__file__).resolve().parent.parent / "potentials"
+#: Where a regular (non-editable) install puts the shipped potentials (pyproject's data-files).
+INSTALLED_POTENTIALS = Path(sys.prefix) / "share" / "e2former-calc" / "potentials"
 
 
 def potential_folders() -> list[Path]:
     """Where ``from_pretrained`` looks for ``NAME.pt``: the folders in ``$E2FORMER_POTENTIALS``
-    (separated by ``os.pathsep``), then the repository's ``potentials/``."""
+    (separated by ``os.pathsep``), the repository's ``potentials/``, then the installed copies
+    under ``sys.prefix/share/e2former-calc/potentials``."""
     extra = [Path(p) for p in os.environ.get("E2FORMER_POTENTIALS", "").split(os.pathsep) if p]
-    return extra + [POTENTIALS]
+    return extra + [POTENTIALS, INSTALLED_POTENTIALS]
 
 
 def find_potential(name: str) -> Path | None:

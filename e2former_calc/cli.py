@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .systems import SYSTEMS, built_in_system
 
-
 #: The shipped potential ``--model auto`` picks for a structure made only of these elements.
 AUTO_POTENTIALS = ((frozenset({"H", "C", "N", "O"}), "e2former-xtb-organic"), (frozenset({"Cu"}), "e2former-emt-cu"))
 
@@ -157,7 +156,7 @@ def main(argv=None) -> int:
                     print(f"wrote {write_metrics(tally, args.metrics)}")
                 if args.plots:
                     try:
-                        written = parity_plots(parity, args.plots, title=Path(args.data).name)
+                        written = parity_plots(parity, args.plots, title=f"{Path(args.data).parent.name}/{Path(args.data).name}")
                         print(f"wrote {', '.join(str(p) for p in written)}")
                     except ImportError as error:
                         print(f"e2former: no parity plots: {error}", file=sys.stderr)

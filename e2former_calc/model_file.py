@@ -36,6 +36,26 @@ class ModelFileError(ValueError):
     """The file is not a readable e2former-calc potential."""
 
 
+def atomic_save(content, path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash (even ``kill -9``)
+    leaves either the old file or the new one, never a torn one. The file gets the usual mode
+    (``0666`` less the umask), not ``mkstemp``'s ``0600``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(content, temporary)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
 def save_model(model: E2Former, path, provenance: dict | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (a crash never leaves a half-written file)."""
     path = Path(path)
@@ -52,16 +72,7 @@ def save_model(model: E2Former, path, provenance: dict | None = None) -> Path:
         "provenance": info,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(content, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return atomic_save(content, path)
 
 
 def read_model_file(path) -> dict:

@@ -17,7 +17,7 @@ def test_md_nve_writes_trajectory_and_reports_drift(tmp_path, capsys):
                  "--trajectory", str(traj), "--log", str(log)])
     out = capsys.readouterr()
     assert code == 0
-    assert "NVE energy drift" in out.out and "UNTRAINED" in out.err
+    assert "NVE energy drift" in out.out and "using the shipped potential e2former-xtb-organic" in out.err
     assert len(read(traj, index=":")) == 5  # step 0 and every 5 steps
     assert len(log.read_text().splitlines()) >= 5
 
@@ -45,7 +45,9 @@ def test_npt_and_relax_and_eval(tmp_path, capsys):
         f.rattle(0.02, seed=n)
     write(data, frames)
     predictions = tmp_path / "pred.extxyz"
+    capsys.readouterr()
     assert main(["eval", "untrained", str(data), "--output", str(predictions), "--batch-size", "2"]) == 0
+    assert "UNTRAINED" in capsys.readouterr().err
     back = read(predictions, index=":")
     assert len(back) == 3 and back[0].arrays["e2former_forces"].shape == (3, 3)
 

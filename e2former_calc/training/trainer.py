@@ -24,7 +24,6 @@ import csv
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from ase.data import chemical_symbols
 
 from ..batching import assemble, energies_and_derivatives
 from ..model import E2Former
-from ..model_file import save_model
+from ..model_file import atomic_save, save_model
 from ..progress import Progress
 from .config import TrainConfig
 from .data import (
@@ -60,15 +59,16 @@ class CheckpointError(ValueError):
     """The checkpoint cannot continue this configuration."""
 
 
-def _atomic_save(content, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+def _cpu_name() -> str:
+    """The CPU model (Linux), else what ``platform`` knows."""
     try:
-        torch.save(content, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class Trainer:
@@ -293,7 +293,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
             "best": {"loss": self.best["loss"], "epoch": self.best["epoch"], "ema": self.best["ema"]},
         }
-        _atomic_save(content, self.checkpoint_path)
+        atomic_save(content, self.checkpoint_path)
 
     def _load_checkpoint(self) -> None:
         try:
@@ -345,8 +345,7 @@ class Trainer:
         provenance = {
             "name": self.config.name, "train": self.config.data.train, "valid": self.config.data.valid or "fraction of train",
             "epochs": self.epoch, "best_epoch": self.best["epoch"], "training_time_s": f"{self.elapsed:.0f}",
-            "processes": self.world, "hardware": f"{platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads x {self.world} processes",
+            "processes": self.world, "hardware": f"{_cpu_name()}, {torch.get_num_threads()} threads x {self.world} processes",
             "validation": {k: v for k, v in best_row.items() if k.startswith("valid_")},
             "config": self.config.to_dict(),
         }
