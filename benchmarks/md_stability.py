@@ -112,7 +112,7 @@ def organic(args, out: dict) -> None:
     thermalize(system, 500.0, seed=args.seed)
     dynamics = Langevin(system, 0.5 * units.fs, temperature_K=500.0, friction=0.01 / units.fs, fixcm=False,
                         rng=np.random.default_rng(args.seed))
-    state = RESULTS / "md_stability_organic_state.npz"
+    state = RESULTS / f"md_stability_organic{'_quick' if args.quick else ''}_state.npz"
     done = 0
     if args.resume and state.exists():
         saved = np.load(state, allow_pickle=False)

@@ -13,8 +13,10 @@ AUTO_POTENTIALS = ((frozenset({"H", "C", "N", "O"}), "e2former-xtb-organic"), (f
 
 
 def auto_potential(atoms) -> str:
-    """The shipped potential for the elements of ``atoms``; ValueError naming them if none fits."""
-    elements = set(atoms.get_chemical_symbols())
+    """The shipped potential for the elements of ``atoms`` (one structure or a list); ValueError
+    naming them if none fits."""
+    frames = atoms if isinstance(atoms, (list, tuple)) else [atoms]
+    elements = {symbol for frame in frames for symbol in frame.get_chemical_symbols()}
     for allowed, name in AUTO_POTENTIALS:
         if elements <= allowed:
             return name
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("eval", help="errors per configuration type, parity plots, predictions as extxyz")
-    ev.add_argument("potential", help="potential file, shipped potential name, or 'untrained'")
+    ev.add_argument("potential", help="potential file, shipped potential name, 'auto' or 'untrained'")
     ev.add_argument("data", help="any ASE-readable file (references: REF_energy/REF_forces/REF_stress, else ASE's)")
     ev.add_argument("--output", default="predictions.extxyz")
     ev.add_argument("--plots", default="parity", help="prefix of the parity plots PREFIX_{energy,forces}.png ('' for none)")
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
             train(load_config(args.config), restart=args.restart, progress=not args.quiet)
         else:
             frames = read_structures(args.data)
-            calc = _load_calculator(args.potential, args.device, args.dtype, skin=0.0)
+            calc = _load_calculator(args.potential, args.device, args.dtype, skin=0.0, atoms=frames)
             keys = {"energy": args.energy_key, "forces": args.forces_key, "stress": args.stress_key}
             _, tally, parity = run_eval(frames, calc, args.output, args.batch_size, keys=keys)
             print(f"{len(frames)} structures; wrote {args.output}")

@@ -33,7 +33,10 @@ def reference(atoms, kind: str, key: str | None = None):
 def tally_errors(atoms_list, results, keys: dict | None = None) -> tuple[ErrorTally, dict]:
     """Errors of ``results`` (from :func:`~e2former_calc.predict.predict`) against the references;
     also the parity data (per-atom energies and force components, reference and predicted)."""
-    keys = keys or {}
+    keys = {k: v for k, v in (keys or {}).items() if v}
+    for kind, key in keys.items():  # a key given by name must exist: a typo is not "no labels"
+        if not any(_label(atoms, key, "") is not None for atoms in atoms_list):
+            raise ValueError(f"no structure has a {kind} label under the key {key!r}")
     tally = ErrorTally()
     parity = {"config_type": [], "energy_ref": [], "energy_pred": [], "force_ref": [], "force_pred": [], "force_type": []}
     for atoms, result in zip(atoms_list, results):
@@ -46,6 +49,9 @@ def tally_errors(atoms_list, results, keys: dict | None = None) -> tuple[ErrorTa
         force_error = None
         if forces is not None:
             forces = np.asarray(forces, dtype=float)
+            if forces.shape != (n, 3):
+                raise ValueError(f"frame {len(parity['config_type'])}: reference forces have shape {forces.shape}, "
+                                 f"expected ({n}, 3)")
             force_error = result["forces"] - forces
             parity["force_ref"].append(forces.ravel())
             parity["force_pred"].append(result["forces"].ravel())
@@ -54,6 +60,9 @@ def tally_errors(atoms_list, results, keys: dict | None = None) -> tuple[ErrorTa
         stress = reference(atoms, "stress", keys.get("stress")) if atoms.pbc.all() else None
         if stress is not None and "stress" in result:
             stress = np.asarray(stress, dtype=float)
+            if stress.size not in (6, 9):
+                raise ValueError(f"frame {len(parity['config_type'])}: reference stress has {stress.size} components, "
+                                 "expected 6 (Voigt) or 9")
             full = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
             stress_error = voigt_6_to_full_3x3_stress(result["stress"]) - full
         tally.add(kind, n, float(result["energy"] - float(energy)), force_error, stress_error)

@@ -85,6 +85,10 @@ def test_config_errors_name_the_key():
         ({**base, "model": {"chanels": 3}}, "chanels"),
         ({**base, "training": {"loss": {"energy": 1, "dipole": 2}}}, "dipole"),
         ({**base, "data": {"train": "x", "e0": "magic"}}, "data.e0"),
+        ({**base, "training": {"lr": "1e-3"}}, "training.lr must be a number.*1.0e-3"),
+        ({**base, "training": {"batch_size": 2.5}}, "training.batch_size must be an integer"),
+        ({**base, "training": {"max_time_minutes": 0}}, "max_time_minutes must be positive"),
+        ({**base, "training": {"clip_grad_norm": -1.0}}, "clip_grad_norm"),
     ]:
         with pytest.raises(ValueError, match=words):
             parse_config(bad)
@@ -111,6 +115,17 @@ def test_missing_labels_name_the_frame(tmp_path):
     write(tmp_path / "bad.extxyz", frames)
     with pytest.raises(ValueError, match="frame 1: no energy under the key 'REF_energy'"):
         read_samples(tmp_path / "bad.extxyz")
+
+
+def test_atoms_on_top_of_each_other_name_the_frame(tmp_path):
+    frames = copper_frames(3, 0)
+    frames[2].positions[1] = frames[2].positions[0] + [0.1, 0.0, 0.0]
+    write(tmp_path / "bad.extxyz", frames)
+    samples = read_samples(tmp_path / "bad.extxyz")
+    from e2former_calc.training.data import attach_neighbours
+
+    with pytest.raises(ValueError, match="data.train, frame 2: atoms [01] and [01] are 0.100 Å apart"):
+        attach_neighbours(samples, 4.0, "data.train")
 
 
 def test_training_forces_equal_inference_forces(float64):
@@ -145,6 +160,19 @@ def test_training_learns_and_writes_a_loadable_potential(copper_data, tmp_path):
     again.run()
     for k, v in load_model(path)[0].state_dict().items():
         assert torch.equal(v, model.state_dict()[k])
+
+
+def test_the_stress_term_trains(copper_data, tmp_path):
+    """With only the stress in the loss, the validation stress error falls: gradients reach the
+    weights through the virial (the sign against the labels is checked on the shipped copper
+    potential, tests/test_potentials.py)."""
+    path = write_config(tmp_path, copper_data, tmp_path / "stress", max_epochs=20, batch_size=2, lr=0.005,
+                        loss={"energy": 0.0, "forces": 0.0, "stress": 1000.0})
+    trainer = Trainer(parse_config(yaml.safe_load(path.read_text())), progress=False, log=lambda m: None)
+    trainer.run()
+    history = trainer.history
+    assert history[-1]["train_loss"] < 0.3 * history[0]["train_loss"]  # seen: 0.66 -> 0.09
+    assert history[-1]["valid_stress_mae"] < 0.6 * history[0]["valid_stress_mae"]  # seen: 13.9 -> 5.2 meV/Å³
 
 
 def test_float32_training_runs(copper_data, tmp_path):
@@ -198,13 +226,21 @@ def test_kill_9_then_resume_gives_the_same_weights(copper_data, tmp_path):
     assert epochs_a == epochs_b == 4
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    ema_a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["ema"]["shadow"]
+    ema_b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["ema"]["shadow"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    shipped_a, _ = load_model(tmp_path / "straight" / "potential.pt")
+    shipped_b, _ = load_model(tmp_path / "killed" / "potential.pt")
+    for key, value in shipped_a.state_dict().items():
+        assert torch.equal(value, shipped_b.state_dict()[key]), key
 
 
 def test_two_processes_train_like_one(copper_data, tmp_path):
     """torchrun with two CPU processes (gloo): each takes half of every batch and the gradients
     are summed, so the weights after an epoch equal those of one process (float64 round-off)."""
-    one = write_config(tmp_path, copper_data, tmp_path / "one", max_epochs=2, ema_decay=0.5)
-    two = write_config(tmp_path, copper_data, tmp_path / "two", max_epochs=2, ema_decay=0.5)
+    # a time limit that is never reached: rank 0's clock is broadcast at every batch (no deadlock)
+    one = write_config(tmp_path, copper_data, tmp_path / "one", max_epochs=2, ema_decay=0.5, max_time_minutes=100)
+    two = write_config(tmp_path, copper_data, tmp_path / "two", max_epochs=2, ema_decay=0.5, max_time_minutes=100)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "e2former_calc", "train", "--quiet", str(one)], check=True, env=env,
                    capture_output=True, timeout=600)
@@ -218,8 +254,8 @@ def test_two_processes_train_like_one(copper_data, tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-9, atol=1e-11, msg=key)
     log_one = (tmp_path / "one" / "log.csv").read_text().splitlines()
     log_two = (tmp_path / "two" / "log.csv").read_text().splitlines()
-    valid_one = [float(x) for x in log_one[-1].split(",")[4:]]
-    valid_two = [float(x) for x in log_two[-1].split(",")[4:]]
+    valid_one = [float(x) for x in log_one[-1].split(",")[5:]]
+    valid_two = [float(x) for x in log_two[-1].split(",")[5:]]
     np.testing.assert_allclose(valid_two, valid_one, rtol=1e-7)
 
 
@@ -232,3 +268,7 @@ def test_eval_prints_a_table_per_type_and_draws_parity_plots(copper_data, tmp_pa
     assert "| bulk | 3 |" in out and "| cluster | 1 |" in out and "| all | 4 |" in out
     for name in ("fig/parity_energy.png", "fig/parity_forces.png", "metrics.json", "predictions.extxyz"):
         assert (tmp_path / name).stat().st_size > 1000 or name.endswith("json")
+    assert main(["eval", str(potential), str(copper_data / "valid.extxyz"), "--forces-key", "REF_force"]) == 2
+    assert "no structure has a forces label under the key 'REF_force'" in capsys.readouterr().err
+    assert main(["eval", "auto", str(copper_data / "valid.extxyz"), "--plots", ""]) == 0
+    assert "using the shipped potential e2former-emt-cu" in capsys.readouterr().err

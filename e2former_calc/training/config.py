@@ -132,7 +132,31 @@ def parse_config(values: dict, source: str = "") -> TrainConfig:
     training = _section(TrainingSection, values.get("training"), "training")
     model = dict(values.get("model") or {})
     loss = {"energy": 1.0, "forces": 100.0, "stress": 10.0, **dict(training.loss)}
+    def number(name, value, integer=False, optional=False):
+        if optional and value is None:
+            return
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) else ""
+            raise ValueError(f"training config: training.{name} must be {'an integer' if integer else 'a number'}, "
+                             f"got {value!r}{hint}")
+
+    for name in ("batch_size", "max_epochs", "seed"):
+        number(name, getattr(training, name), integer=True)
+    for name in ("lr", "min_lr_factor", "warmup_epochs", "weight_decay", "ema_decay"):
+        number(name, getattr(training, name))
+    for name in ("max_time_minutes", "clip_grad_norm"):
+        number(name, getattr(training, name), optional=True)
+    number("threads", training.threads, integer=True, optional=True)
+    for key, weight in dict(training.loss).items():
+        number(f"loss.{key}", weight)
+    number("valid_fraction", data.valid_fraction)
     checks = [
+        (training.max_time_minutes is None or training.max_time_minutes > 0, "training.max_time_minutes must be positive"),
+        (training.warmup_epochs >= 0, "training.warmup_epochs must be >= 0"),
+        (training.weight_decay >= 0, "training.weight_decay must be >= 0"),
+        (training.clip_grad_norm is None or training.clip_grad_norm > 0, "training.clip_grad_norm must be positive or null"),
+        (training.threads is None or training.threads >= 1, "training.threads must be >= 1 or null"),
         (training.dtype in ("float32", "float64"), f"training.dtype must be float32 or float64, got {training.dtype!r}"),
         (training.batch_size >= 1, "training.batch_size must be >= 1"),
         (training.max_epochs >= 1, "training.max_epochs must be >= 1"),

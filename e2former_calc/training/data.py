@@ -107,6 +107,10 @@ def read_samples(path, energy_key="REF_energy", forces_key="REF_forces", stress_
         for name, value in (("energy", energy), ("forces", forces), ("stress", stress)):
             if value is not None and not np.all(np.isfinite(value)):
                 raise ValueError(f"{where}: the {name} label is not finite")
+        positions = atoms.get_positions()
+        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{where}: atom {bad[0]} has a non-finite position")
         check_cell(atoms.cell.array, atoms.pbc)
         samples.append(Sample(
             numbers=atoms.numbers.copy(), positions=atoms.get_positions(), cell=atoms.cell.array.copy(),
@@ -116,10 +120,21 @@ def read_samples(path, energy_key="REF_energy", forces_key="REF_forces", stress_
     return samples
 
 
-def attach_neighbours(samples, cutoff: float) -> None:
-    """Neighbour lists of the (fixed) training geometries, made once."""
-    for sample in samples:
-        sample.neighbours = neighbour_list(sample.positions, sample.cell, sample.pbc, cutoff)
+def attach_neighbours(samples, cutoff: float, where: str = "data") -> None:
+    """Neighbour lists of the (fixed) training geometries, made once. Two atoms closer than the
+    calculator's minimum distance are refused, naming the frame and the atoms."""
+    from ..predictor import MINIMUM_DISTANCE
+
+    for k, sample in enumerate(samples):
+        nb = neighbour_list(sample.positions, sample.cell, sample.pbc, cutoff)
+        if len(nb.receivers):
+            d = np.linalg.norm(sample.positions[nb.senders] + nb.shifts @ sample.cell - sample.positions[nb.receivers],
+                               axis=1)
+            e = int(np.argmin(d))
+            if d[e] < MINIMUM_DISTANCE:
+                raise ValueError(f"{where}, frame {k}: atoms {nb.receivers[e]} and {nb.senders[e]} are {d[e]:.3f} Å "
+                                 f"apart, closer than {MINIMUM_DISTANCE} Å")
+        sample.neighbours = nb
 
 
 def species_of(samples) -> list[int]:

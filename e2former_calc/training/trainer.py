@@ -137,8 +137,8 @@ class Trainer:
         self.e0 = self._e0(species)
         e0_by_z = dict(zip(species, self.e0))
         cutoff = float(self.config.model_config(1.0, 1.0).cutoff)
-        attach_neighbours(self.train, cutoff)
-        attach_neighbours(self.valid, cutoff)
+        attach_neighbours(self.train, cutoff, "data.train")
+        attach_neighbours(self.valid, cutoff, "data.valid")
         self.stats = statistics(self.train, e0_by_z)
         self.model_config = self.config.model_config(self.stats["rms_force"] or 1.0, self.stats["mean_neighbours"])
         torch.manual_seed(self.config.training.seed)
@@ -161,9 +161,12 @@ class Trainer:
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then a cosine from ``lr`` to ``lr * min_lr_factor`` at ``max_epochs``."""
+        return self._learning_rate(step, self.config.training.max_epochs)
+
+    def _learning_rate(self, step: int, max_epochs: int) -> float:
         t = self.config.training
         warmup = t.warmup_epochs * self.steps_per_epoch
-        total = t.max_epochs * self.steps_per_epoch
+        total = max_epochs * self.steps_per_epoch
         if step < warmup:
             return t.lr * (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(total - warmup, 1))
@@ -197,6 +200,14 @@ class Trainer:
                     target = torch.as_tensor(s.stress, **f64)
                     loss = loss + w["stress"] * ((sigma - target) ** 2).sum() / (9 * counts["stress"])
         return loss
+
+    def _agreed(self, flag: bool) -> bool:
+        """Rank 0's value of ``flag`` on every process (each has its own clock: one decides)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)], dtype=torch.float64)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
 
     def _train_epoch(self, epoch: int, deadline: float | None) -> tuple[float, bool]:
         t = self.config.training
@@ -234,7 +245,7 @@ class Trainer:
             total_loss += float(loss_value)
             if bar:
                 bar.update(k + 1, extra=f"loss {total_loss / (k + 1):.4g}")
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and self._agreed(time.monotonic() > deadline):
                 timed_out = True
                 break
         if bar:
@@ -281,15 +292,22 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _fingerprint(self) -> dict:
+        """What a checkpoint must share with the run that continues it: the settings (but those in
+        RESUMABLE) and what the data determined (species, E0s, the resolved hyper-parameters), so
+        that regenerated data files cannot silently change the function being trained."""
         values = self.config.to_dict()
         values["training"] = {k: v for k, v in values["training"].items() if k not in RESUMABLE}
         values.pop("output")
+        values["derived"] = {"species": list(self.model.atomic_numbers), "e0": [round(e, 9) for e in self.e0],
+                             "model": {k: (round(v, 9) if isinstance(v, float) else v)
+                                       for k, v in self.model_config.to_dict().items()}}
         return values
 
     def _save_checkpoint(self) -> None:
         content = {
             "format": CHECKPOINT_FORMAT, "format_version": 1, "fingerprint": self._fingerprint(),
             "epoch": self.epoch, "elapsed": self.elapsed, "history": self.history, "finished": self.finished,
+            "max_epochs": self.config.training.max_epochs,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
             "best": {"loss": self.best["loss"], "epoch": self.best["epoch"], "ema": self.best["ema"]},
         }
@@ -311,7 +329,7 @@ class Trainer:
                                        if isinstance(new.get(section), dict) else [None])
                              if (old.get(section, {}).get(k) if k else old.get(section))
                              != (new.get(section, {}).get(k) if k else new.get(section)))
-            raise CheckpointError(f"{self.checkpoint_path} was made with other settings ({', '.join(changed)}); "
+            raise CheckpointError(f"{self.checkpoint_path} was made with other settings or data ({', '.join(changed)}); "
                                   f"only {', '.join('training.' + r for r in RESUMABLE)} may change on resume. "
                                   "Use another output folder or --restart")
         self.model.load_state_dict(content["model"])
@@ -320,6 +338,12 @@ class Trainer:
         self.epoch, self.elapsed = int(content["epoch"]), float(content["elapsed"])
         self.history = list(content["history"])  # "finished" is decided anew: the limits may have grown
         self.best = dict(content["best"])
+        old_epochs = int(content.get("max_epochs", self.config.training.max_epochs))
+        if old_epochs != self.config.training.max_epochs:
+            step = self.epoch * self.steps_per_epoch
+            before = self._learning_rate(step, old_epochs)
+            self.log(f"note: max_epochs changed from {old_epochs} to {self.config.training.max_epochs}: the cosine "
+                     f"schedule is stretched, the learning rate goes from {before:.3g} to {self.learning_rate(step):.3g}")
 
     def _write_log(self) -> None:
         if not self.history:
@@ -369,7 +393,7 @@ class Trainer:
         t = self.config.training
         budget = None if t.max_time_minutes is None else 60 * t.max_time_minutes
         while self.epoch < t.max_epochs and not self.finished:
-            if budget is not None and self.elapsed >= budget:
+            if budget is not None and self._agreed(self.elapsed >= budget):
                 self.finished = "time limit"
                 break
             start = time.monotonic()
@@ -381,11 +405,14 @@ class Trainer:
             self.model.load_state_dict(live)
             self.elapsed += time.monotonic() - start
             self.epoch += 1
-            row = {"epoch": self.epoch, "time_s": round(self.elapsed, 1),
+            row = {"epoch": self.epoch, "partial": int(timed_out), "time_s": round(self.elapsed, 1),
                    "lr": self.learning_rate(self.epoch * self.steps_per_epoch - 1), "train_loss": train_loss}
             row.update({f"valid_{k}": v for k, v in metrics.items() if k != "frames"})
             self.history.append(row)
             value = self._validation_loss(metrics)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"epoch {self.epoch}: the validation errors are not finite ({metrics}); "
+                                         "check the validation structures (the last checkpoint is intact)")
             if value < self.best["loss"]:
                 self.best = {"loss": value, "epoch": self.epoch, "ema": {k: v.clone() for k, v in self.ema.shadow.items()}}
             if timed_out:
@@ -400,6 +427,8 @@ class Trainer:
                      + (f", σ {metrics['stress_mae']:.3f} meV/Å³" if "stress_mae" in metrics else "")
                      + f" ({self.elapsed:.0f} s)")
         path = self.potential_path
+        if self.best["ema"] is None:
+            raise ValueError("no epoch was trained (the time limit was already reached?): no potential written")
         if self.rank == 0:
             path = self._write_potential()
             self.log(f"finished ({self.finished or 'max_epochs'}) after {self.epoch} epochs, {self.elapsed:.0f} s; "

@@ -1,7 +1,8 @@
 """Write ``potentials/<name>.md``, the model card of a shipped potential, from the files that hold
 its numbers: the potential's own provenance, its training log, the test-set evaluation
 (``benchmarks/results/accuracy_e2former_<data>.json``, from benchmarks/accuracy/compare.py), the
-MACE comparison and the MD stability results. Nothing is typed in by hand.
+MACE comparison and the MD stability results. Only the prose in ``CARDS`` (data, intended use,
+limits, and the machine the shipped files were trained on) is written by hand.
 
     python potentials/training/write_model_card.py e2former-xtb-organic
     python potentials/training/write_model_card.py e2former-emt-cu
@@ -20,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from e2former_calc.model_file import read_model_file  # noqa: E402
+
+#: Where the shipped files were trained (their provenance names the CPU architecture only).
+MACHINE = ("this project's machine (AMD EPYC, 2 cores, no GPU), one torch thread, while the MACE comparison run "
+           "used the other core")
 
 CARDS = {
     "e2former-xtb-organic": {
@@ -95,13 +100,12 @@ def main(name: str) -> None:
              "## Model and training", "",
              f"- E2Former, {results['parameters']:,} parameters; hyper-parameters: " + ", ".join(
                  f"{k} {v}" for k, v in content["config"].items()) + ".",
-             "- E0s (eV, least squares on the training energies): " + ", ".join(
+             f"- E0s (eV, `{settings['data'].get('e0', 'least_squares')}`): " + ", ".join(
                  f"Z={z}: {e:.4f}" for z, e in zip(content["atomic_numbers"], content["e0"])) + ".",
              f"- Training configuration: `potentials/training/{name}.yaml` (`e2former train` on it reproduces "
              f"this file): " + ", ".join(f"{k} {v}" for k, v in settings["training"].items()) + ".",
              f"- Trained for {provenance['epochs']} epochs, {float(provenance['training_time_s']) / 60:.1f} min "
-             f"wall-clock ({content['dtype']}) on this project's machine (AMD EPYC, 2 cores, no GPU), one torch "
-             f"thread, while the MACE comparison run used the other core; the file holds the EMA weights of the "
+             f"wall-clock ({content['dtype']}) on {MACHINE}; the file holds the EMA weights of the "
              f"best validation epoch ({provenance['best_epoch']}). Per-epoch log: `potentials/training/{name}.log.csv`.",
              "",
              "## Test errors", "",
@@ -159,8 +163,9 @@ def main(name: str) -> None:
                   + ". Table: `benchmarks/results/md_stability.md`."]
     lines += ["", "## Intended use", "", card["intended"], "", "## Known limits", ""]
     lines += [f"- {item}" for item in card["limits"]]
-    lines += ["", f"Validation errors of the last epoch: force MAE {float(log_rows[-1]['valid_forces_mae']):.1f} meV/Å, "
-              f"energy MAE {float(log_rows[-1]['valid_energy_per_atom_mae']):.2f} meV/atom."]
+    best = next(r for r in log_rows if int(r["epoch"]) == int(provenance["best_epoch"]))
+    lines += ["", f"Validation errors of the epoch whose EMA weights the file holds ({best['epoch']}): force MAE "
+              f"{float(best['valid_forces_mae']):.1f} meV/Å, energy MAE {float(best['valid_energy_per_atom_mae']):.2f} meV/atom."]
     path = ROOT / "potentials" / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
