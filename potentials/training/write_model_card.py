@@ -102,8 +102,8 @@ def main(name: str) -> None:
                  f"{k} {v}" for k, v in content["config"].items()) + ".",
              f"- E0s (eV, `{settings['data'].get('e0', 'least_squares')}`): " + ", ".join(
                  f"Z={z}: {e:.4f}" for z, e in zip(content["atomic_numbers"], content["e0"])) + ".",
-             f"- Training configuration: `potentials/training/{name}.yaml` (`e2former train` on it reproduces "
-             f"this file): " + ", ".join(f"{k} {v}" for k, v in settings["training"].items()) + ".",
+             f"- Training configuration: `potentials/training/{name}.yaml` (`e2former train` on it retrains this "
+             f"file from the same seed and data; a rerun was not done to check bit-identity): " + ", ".join(f"{k} {v}" for k, v in settings["training"].items()) + ".",
              f"- Trained for {provenance['epochs']} epochs, {float(provenance['training_time_s']) / 60:.1f} min "
              f"wall-clock ({content['dtype']}) on {MACHINE}; the file holds the EMA weights of the "
              f"best validation epoch ({provenance['best_epoch']}). Per-epoch log: `potentials/training/{name}.log.csv`.",
