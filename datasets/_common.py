@@ -33,13 +33,6 @@ def label(atoms, calculator, stress: bool = False, **info):
     return labelled
 
 
-def read_frames(path) -> list:
-    """All frames of a (compressed) extended XYZ file, read from memory (fast for .gz)."""
-    from e2former_calc.training.data import read_frames as read_all
-
-    return read_all(path)
-
-
 def split_indices(n: int, sizes: dict, seed: int) -> dict:
     """Disjoint index sets from one seeded permutation of ``range(n)``: ``sizes`` maps names to
     counts in order; a count of None takes the rest."""

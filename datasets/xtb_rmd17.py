@@ -38,7 +38,9 @@ from ase.md.langevin import Langevin  # noqa: E402
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import label, read_frames, split_indices, write_frames, write_json  # noqa: E402
+from _common import label, split_indices, write_frames, write_json  # noqa: E402
+
+from e2former_calc.training.data import read_frames  # noqa: E402  (fast for .gz)
 
 MOLECULES = {
     "aspirin": "CC(=O)OC1=CC=CC=C1C(=O)O",

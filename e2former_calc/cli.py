@@ -42,10 +42,10 @@ def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, ato
 
 
 def _structure(args):
-    from .workflows import read_structures
+    from .training.data import read_frames
 
     if args.structure:
-        frames = read_structures(args.structure)
+        frames = read_frames(args.structure)
         return frames[-1]
     return built_in_system(args.system)
 
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .workflows import energy_drift_text, read_structures, run_eval, run_md, run_relax
+    from .training.data import read_frames
+    from .workflows import energy_drift_text, run_eval, run_md, run_relax
 
     try:
         if args.command == "md":
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
 
             train(load_config(args.config), restart=args.restart, progress=not args.quiet)
         else:
-            frames = read_structures(args.data)
+            frames = read_frames(args.data)
             calc = _load_calculator(args.potential, args.device, args.dtype, skin=0.0, atoms=frames)
             keys = {"energy": args.energy_key, "forces": args.forces_key, "stress": args.stress_key}
             _, tally, parity = run_eval(frames, calc, args.output, args.batch_size, keys=keys)

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from ase.stress import voigt_6_to_full_3x3_stress
 
-from .training.data import _label
+from .training.data import label, stress_tensor
 from .training.metrics import ErrorTally
 
 DEFAULT_KEYS = {"energy": ("REF_energy", "energy"), "forces": ("REF_forces", "forces"), "stress": ("REF_stress", "stress")}
@@ -24,7 +23,7 @@ DEFAULT_KEYS = {"energy": ("REF_energy", "energy"), "forces": ("REF_forces", "fo
 def reference(atoms, kind: str, key: str | None = None):
     """The reference ``energy``/``forces``/``stress`` of ``atoms`` (None if absent)."""
     for k in ((key,) if key else DEFAULT_KEYS[kind]):
-        value = _label(atoms, k, "")
+        value = label(atoms, k)
         if value is not None:
             return value
     return None
@@ -35,7 +34,7 @@ def tally_errors(atoms_list, results, keys: dict | None = None) -> tuple[ErrorTa
     also the parity data (per-atom energies and force components, reference and predicted)."""
     keys = {k: v for k, v in (keys or {}).items() if v}
     for kind, key in keys.items():  # a key given by name must exist: a typo is not "no labels"
-        if not any(_label(atoms, key, "") is not None for atoms in atoms_list):
+        if not any(label(atoms, key) is not None for atoms in atoms_list):
             raise ValueError(f"no structure has a {kind} label under the key {key!r}")
     tally = ErrorTally()
     parity = {"config_type": [], "energy_ref": [], "energy_pred": [], "force_ref": [], "force_pred": [], "force_type": []}
@@ -59,12 +58,8 @@ def tally_errors(atoms_list, results, keys: dict | None = None) -> tuple[ErrorTa
         stress_error = None
         stress = reference(atoms, "stress", keys.get("stress")) if atoms.pbc.all() else None
         if stress is not None and "stress" in result:
-            stress = np.asarray(stress, dtype=float)
-            if stress.size not in (6, 9):
-                raise ValueError(f"frame {len(parity['config_type'])}: reference stress has {stress.size} components, "
-                                 "expected 6 (Voigt) or 9")
-            full = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
-            stress_error = voigt_6_to_full_3x3_stress(result["stress"]) - full
+            full = stress_tensor(stress, f"frame {len(parity['config_type'])}")
+            stress_error = stress_tensor(result["stress"], "prediction") - full
         tally.add(kind, n, float(result["energy"] - float(energy)), force_error, stress_error)
         parity["config_type"].append(kind)
         parity["energy_ref"].append(float(energy) / n)

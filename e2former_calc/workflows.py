@@ -195,13 +195,6 @@ def run_eval(atoms_list, calc, output=None, batch_size=16, progress=True, keys=N
     return results, tally, parity
 
 
-def read_structures(path) -> list:
-    """Every frame of an ASE-readable file (compressed too), with a clear error for a missing one."""
-    from .training.data import read_frames
-
-    return read_frames(path)
-
-
 def energy_drift_text(report: MDReport) -> str:
     if report.energy_drift_per_atom_per_ps is None:
         return ""

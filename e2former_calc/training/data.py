@@ -45,7 +45,7 @@ class Sample:
         return abs(float(np.linalg.det(self.cell)))
 
 
-def _label(atoms, key, where: str):
+def label(atoms, key):
     """The label ``key`` of ``atoms``: info, arrays, then the calculator's results; None if absent."""
     if key is None:
         return None
@@ -56,6 +56,16 @@ def _label(atoms, key, where: str):
     if calc is not None and key in getattr(calc, "results", {}):
         return calc.results[key]
     return None
+
+
+def stress_tensor(value, where: str) -> np.ndarray:
+    """A stress label as a 3x3 tensor: from Voigt 6 (xx yy zz yz xz xy), 9 numbers or 3x3."""
+    value = np.asarray(value, dtype=np.float64)
+    if value.shape == (6,):
+        return voigt_6_to_full_3x3_stress(value)
+    if value.size == 9:
+        return value.reshape(3, 3)
+    raise ValueError(f"{where}: the stress label has shape {value.shape}, expected 6 (Voigt), 9 or 3x3")
 
 
 def read_frames(path, index=":") -> list:
@@ -86,23 +96,17 @@ def read_samples(path, energy_key="REF_energy", forces_key="REF_forces", stress_
     samples = []
     for k, atoms in enumerate(frames):
         where = f"{path}, frame {k}"
-        energy = _label(atoms, energy_key, where)
+        energy = label(atoms, energy_key)
         if energy is None:
             raise ValueError(f"{where}: no energy under the key {energy_key!r}")
-        forces = _label(atoms, forces_key, where)
+        forces = label(atoms, forces_key)
         if forces is not None:
             forces = np.asarray(forces, dtype=np.float64)
             if forces.shape != (len(atoms), 3):
                 raise ValueError(f"{where}: forces under {forces_key!r} have shape {forces.shape}, expected ({len(atoms)}, 3)")
-        stress = _label(atoms, stress_key, where) if atoms.pbc.all() else None
+        stress = label(atoms, stress_key) if atoms.pbc.all() else None
         if stress is not None:
-            stress = np.asarray(stress, dtype=np.float64)
-            if stress.shape == (6,):
-                stress = voigt_6_to_full_3x3_stress(stress)
-            elif stress.shape == (9,):
-                stress = stress.reshape(3, 3)
-            if stress.shape != (3, 3):
-                raise ValueError(f"{where}: stress under {stress_key!r} has shape {stress.shape}, expected 6, 9 or 3x3")
+            stress = stress_tensor(stress, f"{where}, key {stress_key!r}")
         energy = float(energy)
         for name, value in (("energy", energy), ("forces", forces), ("stress", stress)):
             if value is not None and not np.all(np.isfinite(value)):
@@ -183,7 +187,7 @@ def isolated_atom_e0(samples, species) -> list[float]:
     return [found[z] for z in species]
 
 
-def statistics(samples, e0: dict, cutoff_neighbours: bool = True) -> dict:
+def statistics(samples, e0: dict) -> dict:
     """Scales for the network: RMS force component (eV/Å), mean neighbours per atom, and the RMS
     per-atom energy after subtracting E0 (eV/atom)."""
     forces = np.concatenate([s.forces.ravel() for s in samples if s.forces is not None] or [np.zeros(1)])

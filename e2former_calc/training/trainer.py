@@ -20,6 +20,7 @@ and reaches the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -193,12 +194,12 @@ class Trainer:
         if "forces" in out and w["forces"] > 0:
             forces = torch.as_tensor(np.concatenate([s.forces for s in samples]), **f64)
             loss = loss + w["forces"] * ((out["forces"] - forces) ** 2).sum() / (3 * counts["atoms"])
-        if "virials" in out and w["stress"] > 0 and counts["stress"]:
-            for k, s in enumerate(samples):
-                if s.stress is not None:
-                    sigma = out["virials"][k] / s.volume
-                    target = torch.as_tensor(s.stress, **f64)
-                    loss = loss + w["stress"] * ((sigma - target) ** 2).sum() / (9 * counts["stress"])
+        labelled = [k for k, s in enumerate(samples) if s.stress is not None]
+        if "virials" in out and w["stress"] > 0 and labelled:
+            volumes = torch.tensor([samples[k].volume for k in labelled], **f64)
+            sigma = out["virials"][labelled] / volumes[:, None, None]
+            target = torch.as_tensor(np.stack([samples[k].stress for k in labelled]), **f64)
+            loss = loss + w["stress"] * ((sigma - target) ** 2).sum() / (9 * counts["stress"])
         return loss
 
     def _agreed(self, flag: bool) -> bool:
@@ -359,12 +360,10 @@ class Trainer:
         os.replace(path.with_suffix(".tmp"), path)
 
     def _write_potential(self) -> Path:
-        final = E2Former(self.model_config, self.model.atomic_numbers, self.model.e0).to(dtype=self.dtype)
-        final.load_state_dict(self.model.state_dict())
-        if self.best["ema"] is not None:
-            with torch.no_grad():
-                for name, p in final.named_parameters():
-                    p.copy_(self.best["ema"][name])
+        final = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for name, p in final.named_parameters():
+                p.copy_(self.best["ema"][name])
         best_row = next((r for r in self.history if r["epoch"] == self.best["epoch"]), {})
         provenance = {
             "name": self.config.name, "train": self.config.data.train, "valid": self.config.data.valid or "fraction of train",
