@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
 from matscipy.neighbours import neighbour_list
+
+from e2former_calc.training.trainer import cpu_name
 
 #: Number density of the benchmark structures (atoms / Å^3), about that of water or a metal.
 DENSITY = 0.1
@@ -58,17 +59,8 @@ def median_seconds(fn, repeats: int, warmup: int = 1, sync=None) -> float:
 
 
 def machine_description(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": device,

@@ -60,7 +60,7 @@ class CheckpointError(ValueError):
     """The checkpoint cannot continue this configuration."""
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU model (Linux), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as handle:
@@ -368,7 +368,7 @@ class Trainer:
         provenance = {
             "name": self.config.name, "train": self.config.data.train, "valid": self.config.data.valid or "fraction of train",
             "epochs": self.epoch, "best_epoch": self.best["epoch"], "training_time_s": f"{self.elapsed:.0f}",
-            "processes": self.world, "hardware": f"{_cpu_name()}, {torch.get_num_threads()} threads x {self.world} processes",
+            "processes": self.world, "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads x {self.world} processes",
             "validation": {k: v for k, v in best_row.items() if k.startswith("valid_")},
             "config": self.config.to_dict(),
         }
