@@ -6,7 +6,7 @@
 
 __version__ = "0.1.0"
 
-from .calculator import E2FormerCalculator  # noqa: E402
+from .integrations.ase import E2FormerCalculator  # noqa: E402
 from .model import E2Former, E2FormerConfig  # noqa: E402
 from .predict import predict  # noqa: E402
 

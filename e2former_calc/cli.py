@@ -25,7 +25,8 @@ def auto_potential(atoms) -> str:
 
 
 def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, atoms=None):
-    from .calculator import E2FormerCalculator, find_potential
+    from . import E2FormerCalculator
+    from .potentials import find_potential
 
     if model == "auto":
         model = auto_potential(atoms)

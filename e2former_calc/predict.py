@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .calculator import E2FormerCalculator
+from .integrations.ase import E2FormerCalculator
 from .model import E2Former
 from .predictor import Predictor
 

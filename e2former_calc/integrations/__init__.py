@@ -1,0 +1,1 @@
+"""Adapters from simulation engines to the forces/stress module: ASE, torch-sim."""
