@@ -74,7 +74,8 @@ def precision_rows(n_atoms, cutoff, filters, factors, offsets, channels, log):
         rms = float(expected.pow(2).mean().sqrt())
         for label, side, stage in variants(cutoff, factors):
             conv = Wigner6jConvolution(LAYOUT, channels, filters, LAYOUT, block_side=side, stage_dtype=stage)
-            got = conv(x.float(), graph, w.float()).double()
+            plan = conv.plan(graph, torch.float32)
+            got = conv(x.float(), graph, w.float(), plan).double()
             row = {
                 "variant": label,
                 "n_atoms": n,
@@ -83,7 +84,7 @@ def precision_rows(n_atoms, cutoff, filters, factors, offsets, channels, log):
                 "filter_degrees": list(filters),
                 "offset": offset,
                 "block_side": side,
-                "source_entries_per_atom": graph.topology(side).n_sources / n,
+                "source_entries_per_atom": plan.n_sources / n,
                 "float32_error": float((got - expected).abs().max()) / rms,
             }
             rows.append(row)
@@ -106,11 +107,11 @@ def timing_rows(cutoff, filters, factors, repeats, log):
     rows = []
     for label, side, stage in variants(cutoff, factors):
         conv = Wigner6jConvolution(LAYOUT, 128, filters, LAYOUT, block_side=side, stage_dtype=stage)
-        graph.topology(side).aggregation(128)
+        plan = conv.plan(graph, x.dtype)
 
         def step():
             with torch.no_grad():
-                conv(x, graph.with_positions(graph.positions), w)
+                conv(x, ConvGraph.build(graph.positions, receivers, senders, shifts, graph.images), w, plan)
 
         seconds = median_seconds(step, repeats)
         rows.append({"variant": label, "cutoff": cutoff, "filter_degrees": list(filters), "block_side": side,

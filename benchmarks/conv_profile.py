@@ -46,16 +46,16 @@ def main(argv=None):
     positions = torch.from_numpy(positions)
     layout = FeatureLayout.spherical(args.lmax)
     conv = Wigner6jConvolution(layout, args.channels, (args.f,), layout)
-    graph = ConvGraph.build(positions, receivers, senders, shifts, cutoff=cutoff)
+    graph = ConvGraph.build(positions, receivers, senders, shifts)
     x = torch.randn(len(positions), args.channels, layout.dim)
     w = torch.randn(len(receivers), 1, args.channels)
-    stage, side = conv.resolve(x.dtype, graph)
-    graph.topology(side).aggregation(args.channels)
+    stage, side = conv.resolve(x.dtype, cutoff)
+    plan = conv.plan(graph, x.dtype, cutoff)
 
     def step():
-        g = graph.with_positions(positions.clone().requires_grad_(True))
+        g = ConvGraph.build(positions.clone().requires_grad_(True), receivers, senders, shifts, graph.images)
         xg = x.detach().requires_grad_(True)
-        out = conv(xg, g, w)
+        out = conv(xg, g, w, plan)
         torch.autograd.grad(out.sum(), (g.positions, xg))
 
     step()
@@ -73,7 +73,7 @@ def main(argv=None):
         else:
             sums["other"] += e.self_cpu_time_total
     print(f"K={args.K} lmax={args.lmax} f={args.f} C={args.channels}: stages in {stage}, block side {side} Å, "
-          f"{graph.topology(side).n_sources / len(positions):.2f} source entries/atom, {len(receivers) / len(positions):.1f} edges/atom")
+          f"{plan.n_sources / len(positions):.2f} source entries/atom, {len(receivers) / len(positions):.1f} edges/atom")
     print(f"forward+backward: {total / 1e3:.1f} ms of CPU time (self time, both threads)")
     print("| part | ms | share |\n|---|---|---|")
     for name, value in sums.items():

@@ -20,6 +20,7 @@ not, like the neighbour list itself: it is timed on its own (``topology_seconds`
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
@@ -59,7 +60,7 @@ def make_forms(lmax, f, channels, block_side, device):
     for module in (factorised, edgewise, mixing, uvw):
         module.to(device)
     return {
-        "factorised": lambda x, g, w: mixing(factorised(x, g, w)),
+        "factorised": lambda x, g, w, plan=None: mixing(factorised(x, g, w, plan)),
         "edge_uvw": uvw,
         "edge_channelwise": lambda x, g, w: mixing(edgewise(x, g, w)),
     }, factorised
@@ -78,12 +79,13 @@ def run_config(k, lmax, f, channels, n_atoms, repeats, device, block_side, log):
     w = torch.randn(len(receivers), 1, channels, generator=gen).to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    graph = ConvGraph.build(positions, receivers, senders, shifts, cutoff=cutoff)
-    stage_dtype, block_side = factorised.resolve(x.dtype, graph)
+    graph = ConvGraph.build(positions, receivers, senders, shifts)
+    stage_dtype, block_side = factorised.resolve(x.dtype, cutoff)
     start = time.perf_counter()
-    graph.topology(block_side).aggregation(channels)
+    plan = factorised.plan(graph, x.dtype, cutoff)
     topology_seconds = time.perf_counter() - start
-    sources_per_atom = graph.topology(block_side).n_sources / len(positions)
+    sources_per_atom = plan.n_sources / len(positions)
+    forms["factorised"] = functools.partial(forms["factorised"], plan=plan)
     with torch.no_grad():
         outputs = {name: form(x, graph, w) for name, form in forms.items()}
     reference = outputs["edge_channelwise"]
@@ -95,10 +97,10 @@ def run_config(k, lmax, f, channels, n_atoms, repeats, device, block_side, log):
 
     def forward(form):
         with torch.no_grad():
-            form(x, graph.with_positions(positions), w)
+            form(x, ConvGraph.build(positions, receivers, senders, shifts, graph.images), w)
 
     def forward_backward(form):
-        g = graph.with_positions(positions.detach().requires_grad_(True))
+        g = ConvGraph.build(positions.detach().requires_grad_(True), receivers, senders, shifts, graph.images)
         xg = x.detach().requires_grad_(True)
         out = form(xg, g, w)
         torch.autograd.grad((out * probe).sum(), (g.positions, xg))

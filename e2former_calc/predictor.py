@@ -13,15 +13,13 @@ import copy
 import numpy as np
 import torch
 from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
 
-from .batching import StructureBatch, assemble, energies_and_derivatives
-from .conv import ConvGraph
+from .forces import ForceField
+from .graph import AtomGraph
 from .model import E2Former
-from .neighbours import VerletList, check_cell, neighbour_list
-
-#: Two atoms closer than this (Å) are refused: no chemistry puts nuclei this close, and a
-#: potential trained on real structures says nothing meaningful there.
-MINIMUM_DISTANCE = 0.4
+from .neighbours import VerletList, neighbour_list
+from .validation import check_distances, check_structure
 
 
 def resolve_device(device) -> torch.device:
@@ -40,7 +38,7 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 class Predictor:
-    """Evaluates a model on ASE ``Atoms``.
+    """Evaluates a model on ASE ``Atoms`` through the :class:`~e2former_calc.forces.ForceField`.
 
     Args:
         model: an :class:`~e2former_calc.model.E2Former`; the predictor works on its own copy
@@ -54,108 +52,93 @@ class Predictor:
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
-        for parameter in self.model.parameters():
+        frozen = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        for parameter in frozen.parameters():
             parameter.requires_grad_(False)
+        self.forcefield = ForceField(frozen)
         self.cutoff = float(model.config.cutoff)
-        self._index = {z: n for n, z in enumerate(model.atomic_numbers)}
+        numbers = np.asarray(model.atomic_numbers)
+        self._species_index = np.full(numbers.max() + 1, -1, dtype=np.int64)
+        self._species_index[numbers] = np.arange(len(numbers))
         self.verlet = VerletList(self.cutoff, skin)
-        self._graph = None  # (neighbours, ConvGraph) reused while the Verlet list is
+        self._reused = None  # (AtomGraph, ConvPlan) kept while the Verlet list holds
+
+    @property
+    def model(self) -> E2Former:
+        return self.forcefield.model
 
     @property
     def symbols(self) -> list[str]:
         return [chemical_symbols[z] for z in self.model.atomic_numbers]
 
-    # -- input checks -----------------------------------------------------------------------
-    def check(self, atoms) -> None:
+    def check(self, atoms, where: str = "") -> None:
         """Raise ValueError naming the problem if ``atoms`` cannot be evaluated."""
-        if len(atoms) == 0:
-            raise ValueError("the structure has no atoms")
-        positions = atoms.get_positions()
-        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-        if bad.size:
-            raise ValueError(f"atom {bad[0]} ({atoms[bad[0]].symbol}) has a non-finite position {positions[bad[0]].tolist()}")
-        for k, z in enumerate(atoms.numbers):
-            if z not in self._index:
-                name = chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z)
-                raise ValueError(
-                    f"element {name} (atom {k}) is not known to this potential; it knows {', '.join(self.symbols)}"
-                )
-        check_cell(atoms.cell.array, atoms.pbc)
+        check_structure(atoms.numbers, atoms.get_positions(), atoms.cell.array, atoms.pbc,
+                        self.model.atomic_numbers, where)
 
-    def _check_distances(self, graph: ConvGraph, numbers, offsets) -> None:
-        if graph.n_edges == 0:
-            return
-        shortest = int(torch.argmin(graph.lengths))
-        distance = float(graph.lengths[shortest])
-        if distance < MINIMUM_DISTANCE:
-            i, j = int(graph.receivers[shortest]), int(graph.senders[shortest])
-            s = int(np.searchsorted(offsets, i, side="right") - 1)
-            where = f" in structure {s}" if len(offsets) > 1 else ""
-            image = " (a periodic image of itself)" if i == j else ""
-            raise ValueError(
-                f"atoms {i - offsets[s]} ({chemical_symbols[numbers[i]]}) and {j - offsets[s]} "
-                f"({chemical_symbols[numbers[j]]}){image}{where} are {distance:.3f} Å apart, closer than the "
-                f"minimum of {MINIMUM_DISTANCE} Å this package accepts"
-            )
+    def _graph(self, atoms_list, neighbours_list) -> AtomGraph:
+        return AtomGraph.from_arrays([self._species_index[a.numbers] for a in atoms_list],
+                                     [a.get_positions() for a in atoms_list], [a.cell.array for a in atoms_list],
+                                     [a.pbc for a in atoms_list], neighbours_list, self.device)
 
-    # -- assembling a batch -----------------------------------------------------------------
-    def _assemble(self, atoms_list, neighbours_list) -> StructureBatch:
-        return assemble([np.array([self._index[z] for z in a.numbers]) for a in atoms_list],
-                        [a.get_positions() for a in atoms_list], [a.cell.array for a in atoms_list],
-                        [a.pbc for a in atoms_list], neighbours_list, self.device)
+    @staticmethod
+    def _check_distances(graph: AtomGraph, atoms_list) -> None:
+        vectors = (graph.positions.index_select(0, graph.senders) + graph.cartesian_shifts()
+                   - graph.positions.index_select(0, graph.receivers))
+        offsets = np.cumsum([0] + [len(a) for a in atoms_list])[:-1]
+        check_distances(torch.linalg.vector_norm(vectors, dim=-1), graph.receivers, graph.senders,
+                        np.concatenate([a.numbers for a in atoms_list]), offsets)
 
-    # -- evaluation -------------------------------------------------------------------------
-    def _evaluate(self, b: StructureBatch, base: ConvGraph, forces: bool, stress: bool) -> list[dict]:
-        out = energies_and_derivatives(self.model, b, base, forces, stress)
-        energies, atom_energies = out["energies"].detach(), out["atom_energies"].detach()
+    def _evaluate(self, graph: AtomGraph, plan, forces: bool, stress: bool) -> list[dict]:
+        out = self.forcefield(graph, plan, forces=forces, stress=stress)
+        energies = out["energy"].detach()
         finite = torch.isfinite(energies)
         if not bool(finite.all()):
             s = int(torch.nonzero(~finite)[0, 0])
-            where = f" for structure {s}" if b.n_structures > 1 else ""
+            where = f" for structure {s}" if graph.n_structures > 1 else ""
             raise FloatingPointError(f"the potential returned a non-finite energy{where}; its weights may be damaged")
-        force_values = out.get("forces")
-        virials = out.get("virials")
+        energies = energies.cpu().numpy()
+        atom_energies = out["atom_energies"].detach().cpu().numpy()
+        force_values = out["forces"].detach().cpu().numpy() if forces else None
+        stresses = out["stress"].detach().cpu().numpy() if stress else None
+        periodic = graph.periodic.cpu().numpy()
         results = []
         start = 0
-        for s, n in enumerate(b.n_atoms):
-            out = {
-                "energy": float(energies[s].detach()),
-                "energies": atom_energies[start : start + n].detach().cpu().numpy().copy(),
-            }
-            out["free_energy"] = out["energy"]
+        for s, n in enumerate(graph.atoms_per_structure().tolist()):
+            result = {"energy": float(energies[s]), "free_energy": float(energies[s]),
+                      "energies": atom_energies[start : start + n].copy()}
             if forces:
-                out["forces"] = force_values[start : start + n].cpu().numpy().copy()
-            if stress and b.periodic[s]:
-                volume = abs(float(torch.det(b.cells[s])))
-                sigma = (virials[s] / volume).cpu().numpy()
-                out["stress"] = np.array([sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]])
-            results.append(out)
+                result["forces"] = force_values[start : start + n].copy()
+            if stress and periodic[s]:
+                result["stress"] = full_3x3_to_voigt_6_stress(stresses[s])
+            results.append(result)
             start += n
         return results
 
     def compute(self, atoms, forces: bool = True, stress: bool = True) -> dict:
         """Energy, per-atom energies, forces and (fully periodic cells) stress of one structure.
 
-        Reuses the neighbour list and the convolution's structure while the Verlet skin allows.
+        Reuses the neighbour list and the convolution plan while the Verlet skin allows.
         """
         self.check(atoms)
         neighbours, rebuilt = self.verlet.update(atoms.get_positions(), atoms.cell.array, atoms.pbc, atoms.numbers)
-        b = self._assemble([atoms], [neighbours])
-        if rebuilt or self._graph is None:
-            self._graph = b.graph(self.cutoff)
-        base = self._graph.with_positions(b.positions, b.shifts())  # the cell may have changed (NPT)
-        self._check_distances(base, atoms.numbers, [0])
-        return self._evaluate(b, base, forces, stress and bool(atoms.pbc.all()))[0]
+        if rebuilt or self._reused is None:
+            graph = self._graph([atoms], [neighbours])
+            self._reused = (graph, self.forcefield.plan(graph))
+        else:  # the same edges at the new positions and cell (NPT)
+            kept = self._reused[0]
+            graph = kept.with_geometry(torch.as_tensor(atoms.get_positions(), dtype=torch.float64, device=self.device),
+                                       torch.as_tensor(atoms.cell.array, dtype=torch.float64, device=self.device)[None])
+        self._check_distances(graph, [atoms])
+        return self._evaluate(graph, self._reused[1], forces, stress and bool(atoms.pbc.all()))[0]
 
     def compute_batch(self, atoms_list, forces: bool = True, stress: bool = True) -> list[dict]:
         """The same for several structures in one pass (fresh neighbour lists, no skin)."""
         atoms_list = list(atoms_list)
-        for atoms in atoms_list:
-            self.check(atoms)
+        for k, atoms in enumerate(atoms_list):
+            self.check(atoms, f"structure {k}: " if len(atoms_list) > 1 else "")
         neighbours = [neighbour_list(a.get_positions(), a.cell.array, a.pbc, self.cutoff) for a in atoms_list]
-        b = self._assemble(atoms_list, neighbours)
-        base = b.graph(self.cutoff)
-        numbers = np.concatenate([a.numbers for a in atoms_list])
-        self._check_distances(base, numbers, np.cumsum([0] + [len(a) for a in atoms_list])[:-1])
-        return self._evaluate(b, base, forces, stress and any(b.periodic))
+        graph = self._graph(atoms_list, neighbours)
+        self._check_distances(graph, atoms_list)
+        stress = stress and any(bool(a.pbc.all()) for a in atoms_list)
+        return self._evaluate(graph, self.forcefield.plan(graph), forces, stress)

@@ -25,7 +25,8 @@ def periodic_graph(positions, cell, cutoff, pbc=(True, True, True)):
     cell = np.asarray(cell, dtype=np.float64)
     i, j, S = neighbour_list("ijS", positions=positions, cell=cell, pbc=np.array(pbc), cutoff=cutoff)
     shifts = torch.from_numpy(S.astype(np.float64) @ cell)
-    return ConvGraph.build(torch.from_numpy(positions), torch.from_numpy(i), torch.from_numpy(j), shifts)
+    return ConvGraph.build(torch.from_numpy(positions), torch.from_numpy(i), torch.from_numpy(j), shifts,
+                           torch.from_numpy(S.astype(np.int64)))
 
 
 def jittered_lattice(n_per_side, spacing=2.0, jitter=0.3, seed=0):

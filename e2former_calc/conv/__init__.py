@@ -9,22 +9,24 @@ from .aggregation import EdgeAggregation, scatter_backend, scatter_sum, set_scat
 from .base import Convolution
 from .edgewise import EdgeUVWConvolution, EdgeWiseConvolution
 from .factorised import FLOAT32_BLOCKS_PER_CUTOFF, FLOAT64_BLOCK_SIDE, Wigner6jConvolution
-from .graph import BlockTopology, ConvGraph, LocalOrigins
+from .forest import SpanningForest
+from .graph import ConvGraph
 from .mixing import PathMixing
 from .paths import Path, enumerate_paths
+from .plan import ConvPlan
 
 __all__ = [
     "FLOAT32_BLOCKS_PER_CUTOFF",
     "FLOAT64_BLOCK_SIDE",
     "EdgeAggregation",
-    "BlockTopology",
     "ConvGraph",
+    "ConvPlan",
     "Convolution",
     "EdgeUVWConvolution",
     "EdgeWiseConvolution",
-    "LocalOrigins",
     "Path",
     "PathMixing",
+    "SpanningForest",
     "Wigner6jConvolution",
     "enumerate_paths",
     "scatter_backend",

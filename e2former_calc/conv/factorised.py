@@ -26,6 +26,7 @@ from ..so3.coupling import addition_coefficient, recoupling_coefficients, wigner
 from ..so3.solid_harmonics import solid_harmonics
 from .base import Convolution
 from .graph import ConvGraph
+from .plan import ConvPlan
 
 #: With float32 stages: blocks of this many times the cutoff (the longest edge if the graph does
 #: not state its cutoff). From ``benchmarks/conv_precision.py``: float32 error <= 1e-5 for f <= 1.
@@ -128,33 +129,48 @@ class Wigner6jConvolution(Convolution):
             self._buffers[name] = master.to(self._buffers[name].device)
         return self
 
-    def resolve(self, dtype: torch.dtype, graph: ConvGraph) -> tuple[torch.dtype, float | None]:
-        """The stage dtype and block side (Å, or None for one origin) used for features of ``dtype``."""
+    def resolve(self, dtype: torch.dtype, cutoff: float) -> tuple[torch.dtype, float | None]:
+        """The stage dtype and block side (Å, or None for one origin) for features of ``dtype`` on a
+        graph of this ``cutoff`` (Å)."""
         stage = self.stage_dtype
         if stage == "auto":
             stage = torch.float64 if dtype == torch.float64 or max(self.filter_degrees) >= 2 else dtype
         side = self.block_side
         if side == "auto":
-            side = FLOAT64_BLOCK_SIDE if stage == torch.float64 else FLOAT32_BLOCKS_PER_CUTOFF * graph.cutoff
+            side = FLOAT64_BLOCK_SIDE if stage == torch.float64 else FLOAT32_BLOCKS_PER_CUTOFF * cutoff
         return stage, side
 
-    def forward(self, x: torch.Tensor, graph: ConvGraph, edge_weights: torch.Tensor) -> torch.Tensor:
+    def plan(self, graph: ConvGraph, dtype: torch.dtype, cutoff: float | None = None) -> ConvPlan:
+        """The :class:`~e2former_calc.conv.plan.ConvPlan` this convolution uses on ``graph`` for
+        features of ``dtype``; ``cutoff`` (Å) of the neighbour list, None: the longest edge."""
+        if cutoff is None:
+            cutoff = float(graph.lengths.detach().max()) if graph.n_edges else 1.0
+        return ConvPlan.build(graph, self.resolve(dtype, cutoff)[1], self.channels)
+
+    def forward(self, x: torch.Tensor, graph: ConvGraph, edge_weights: torch.Tensor,
+                plan: ConvPlan | None = None) -> torch.Tensor:
+        """As :class:`~e2former_calc.conv.base.Convolution`; ``plan`` from :meth:`plan` (made on the
+        spot when None: keep it when the same edges are evaluated again)."""
         self.check_inputs(x, graph, edge_weights)
         out_dtype = x.dtype
-        dtype, block_side = self.resolve(x.dtype, graph)
+        dtype, block_side = self.resolve(x.dtype, 1.0)
+        if plan is None:
+            plan = self.plan(graph, x.dtype)
+        elif plan.channels != self.channels or (self.block_side != "auto" and plan.block_side != block_side):
+            raise ValueError(f"the plan is for {plan.channels} channels and blocks of {plan.block_side} Å; this "
+                             f"convolution has {self.channels} channels and blocks of {block_side} Å")
         x, edge_weights = x.to(dtype), edge_weights.to(dtype)
-        origins = graph.local_origins(block_side)
+        source_coords, target_coords = plan.local_coordinates(graph)
         n_nodes = graph.n_nodes
 
         # stage 1: source tensor products, once per (atom, image, target block)
-        s_source = solid_harmonics(self.max_lam, origins.source_coords.to(dtype))  # [U, (lmax+1)^2]
+        s_source = solid_harmonics(self.max_lam, source_coords.to(dtype))  # [U, (lmax+1)^2]
         source = self.source_coupling.to(dtype)
         coupling = (s_source @ source.flatten(1)).view(-1, *source.shape[1:])  # [U, dim_in, K]
-        p = torch.bmm(x.index_select(0, origins.topology.source_atoms), coupling)  # [U, C, K]
+        p = torch.bmm(x.index_select(0, plan.source_atoms), coupling)  # [U, C, K]
 
-        s_target = solid_harmonics(self.max_lam, origins.target_coords.to(dtype))  # [N, (fmax+1)^2]
+        s_target = solid_harmonics(self.max_lam, target_coords.to(dtype))  # [N, (fmax+1)^2]
         inverse_length = graph.lengths.to(dtype).reciprocal()  # [E]
-        aggregate = origins.topology.aggregation(self.channels)
         outputs = []
         for f_index, f in enumerate(self.filter_degrees):
             columns = getattr(self, f"component_index_{f_index}")
@@ -162,7 +178,7 @@ class Wigner6jConvolution(Convolution):
             p_f = p if columns.numel() == p.shape[-1] else p.index_select(2, columns)
             # stage 2: scalar-weighted sum over edges, w' = w / |r|^f
             weights = edge_weights[:, f_index, :] * inverse_length.pow(f).unsqueeze(-1)  # [E, C]
-            q = aggregate(p_f, weights)  # [N, C, K_f]
+            q = plan.aggregation(p_f, weights)  # [N, C, K_f]
             # stage 3: target tensor products
             coupling = (s_target[:, : (f + 1) ** 2] @ target.flatten(1)).view(n_nodes, *target.shape[1:])
             outputs.append(torch.bmm(q, coupling))  # [N, C, dim of f's paths]

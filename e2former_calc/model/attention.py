@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..conv import ConvGraph, PathMixing, Wigner6jConvolution, scatter_sum
+from ..conv import ConvGraph, ConvPlan, PathMixing, Wigner6jConvolution, scatter_sum
 from ..so3 import FeatureLayout
 from .layers import DegreeLinear, degree_slices
 from .radial import RadialNetwork
@@ -66,7 +66,7 @@ class EquivariantAttention(nn.Module):
         parts = [z[:, :, 0]] + [z[:, :, s].pow(2).mean(-1) for s in degree_slices(self.max_degree)[1:]]
         return torch.cat(parts, dim=-1)
 
-    def forward(self, h, graph: ConvGraph, basis, species_i, species_j, envelope):
+    def forward(self, h, graph: ConvGraph, plan: ConvPlan, basis, species_i, species_j, envelope):
         n_edges, c = graph.n_edges, h.shape[1]
         invariants = self.invariants(h)
         q = self.queries(invariants).view(-1, self.num_heads, self.head_dim)
@@ -76,4 +76,4 @@ class EquivariantAttention(nn.Module):
         alpha = smooth_softmax(logits, envelope, graph.receivers, graph.n_nodes)  # [E, H]
         alpha = alpha.repeat_interleave(c // self.num_heads, dim=1)  # [E, C]
         phi = radial[:, self.num_heads :].view(n_edges, len(self.convolution.filter_degrees), c)  # [E, n_f, C]
-        return self.mixing(self.convolution(h, graph, alpha[:, None, :] * phi))
+        return self.mixing(self.convolution(h, graph, alpha[:, None, :] * phi, plan))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..conv import ConvGraph, scatter_sum
+from ..conv import ConvGraph, ConvPlan, scatter_sum
 from ..so3 import spherical_harmonics
 from .attention import EquivariantAttention
 from .config import E2FormerConfig
@@ -47,8 +47,8 @@ class TransformerBlock(nn.Module):
         self.feedforward_norm = EquivariantRMSNorm(config.max_degree, config.channels)
         self.feedforward = GatedFeedForward(config.max_degree, config.channels, config.feedforward_channels)
 
-    def forward(self, h, graph, basis, species_i, species_j, envelope):
-        h = h + self.attention(self.attention_norm(h), graph, basis, species_i, species_j, envelope)
+    def forward(self, h, graph, plan, basis, species_i, species_j, envelope):
+        h = h + self.attention(self.attention_norm(h), graph, plan, basis, species_i, species_j, envelope)
         return h + self.feedforward(self.feedforward_norm(h))
 
 
@@ -63,6 +63,8 @@ class E2Former(nn.Module):
     Forward:
         species: ``[N]`` species index of each atom (position in ``atomic_numbers``).
         graph: :class:`~e2former_calc.conv.ConvGraph` (float64 positions and edge vectors).
+        plan: the graph's :class:`~e2former_calc.conv.ConvPlan` from :meth:`plan` (made on the
+            spot when None; keep it while the neighbour list holds).
 
     Returns:
         ``[N]`` per-atom energies, float64 (the network runs in its parameters' dtype; the
@@ -91,8 +93,17 @@ class E2Former(nn.Module):
         """dtype of the parameters (the network's precision)."""
         return self.readout[0].weight.dtype
 
-    def forward(self, species: torch.Tensor, graph: ConvGraph) -> torch.Tensor:
+    def plan(self, graph: ConvGraph) -> ConvPlan | None:
+        """The convolution plan of ``graph`` for this model's convolutions in its current dtype
+        (None for a model without transformer blocks: it has no convolution)."""
+        if not self.blocks:
+            return None
+        return self.blocks[0].attention.convolution.plan(graph, self.dtype, self.config.cutoff)
+
+    def forward(self, species: torch.Tensor, graph: ConvGraph, plan: ConvPlan | None = None) -> torch.Tensor:
         dtype = self.dtype
+        if plan is None:
+            plan = self.plan(graph)
         lengths = graph.lengths.to(dtype)
         basis = self.basis(lengths)
         envelope = polynomial_envelope(lengths, self.config.cutoff, self.config.envelope_exponent)
@@ -100,7 +111,7 @@ class E2Former(nn.Module):
         species_i, species_j = features[graph.receivers], features[graph.senders]
         h = self.embedding(species, graph, basis, species_i, species_j, envelope)
         for block in self.blocks:
-            h = block(h, graph, basis, species_i, species_j, envelope)
+            h = block(h, graph, plan, basis, species_i, species_j, envelope)
         scalars = self.readout_norm(h)[:, :, 0]
         e0 = torch.tensor(self.e0, dtype=torch.float64, device=species.device)
         return self.readout(scalars).squeeze(-1).double() * self.config.energy_scale + e0[species]

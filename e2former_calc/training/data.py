@@ -21,7 +21,10 @@ from ase.data import chemical_symbols
 from ase.io import read
 from ase.stress import voigt_6_to_full_3x3_stress
 
-from ..neighbours import Neighbours, check_cell, neighbour_list
+import torch
+
+from ..neighbours import Neighbours, neighbour_list
+from ..validation import check_distances, check_structure
 
 
 @dataclass
@@ -111,11 +114,7 @@ def read_samples(path, energy_key="REF_energy", forces_key="REF_forces", stress_
         for name, value in (("energy", energy), ("forces", forces), ("stress", stress)):
             if value is not None and not np.all(np.isfinite(value)):
                 raise ValueError(f"{where}: the {name} label is not finite")
-        positions = atoms.get_positions()
-        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-        if bad.size:
-            raise ValueError(f"{where}: atom {bad[0]} has a non-finite position")
-        check_cell(atoms.cell.array, atoms.pbc)
+        check_structure(atoms.numbers, atoms.get_positions(), atoms.cell.array, atoms.pbc, where=f"{where}: ")
         samples.append(Sample(
             numbers=atoms.numbers.copy(), positions=atoms.get_positions(), cell=atoms.cell.array.copy(),
             pbc=atoms.pbc.copy(), energy=energy, forces=forces, stress=stress,
@@ -127,17 +126,15 @@ def read_samples(path, energy_key="REF_energy", forces_key="REF_forces", stress_
 def attach_neighbours(samples, cutoff: float, where: str = "data") -> None:
     """Neighbour lists of the (fixed) training geometries, made once. Two atoms closer than the
     calculator's minimum distance are refused, naming the frame and the atoms."""
-    from ..predictor import MINIMUM_DISTANCE
-
     for k, sample in enumerate(samples):
         nb = neighbour_list(sample.positions, sample.cell, sample.pbc, cutoff)
-        if len(nb.receivers):
-            d = np.linalg.norm(sample.positions[nb.senders] + nb.shifts @ sample.cell - sample.positions[nb.receivers],
-                               axis=1)
-            e = int(np.argmin(d))
-            if d[e] < MINIMUM_DISTANCE:
-                raise ValueError(f"{where}, frame {k}: atoms {nb.receivers[e]} and {nb.senders[e]} are {d[e]:.3f} Å "
-                                 f"apart, closer than {MINIMUM_DISTANCE} Å")
+        lengths = np.linalg.norm(sample.positions[nb.senders] + nb.shifts @ sample.cell - sample.positions[nb.receivers],
+                                 axis=1)
+        try:
+            check_distances(torch.from_numpy(lengths), torch.from_numpy(nb.receivers), torch.from_numpy(nb.senders),
+                            sample.numbers)
+        except ValueError as error:
+            raise ValueError(f"{where}, frame {k}: {error}") from None
         sample.neighbours = nb
 
 

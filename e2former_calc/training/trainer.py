@@ -34,7 +34,8 @@ import torch.distributed as dist
 from ase.data import atomic_numbers as symbol_to_z
 from ase.data import chemical_symbols
 
-from ..batching import assemble, energies_and_derivatives
+from ..forces import ForceField
+from ..graph import AtomGraph
 from ..model import E2Former
 from ..model_file import atomic_save, save_model
 from ..progress import Progress
@@ -175,29 +176,28 @@ class Trainer:
 
     # -- one batch --------------------------------------------------------------------------
     def _batch_outputs(self, samples, create_graph: bool):
-        b = assemble([s.species for s in samples], [s.positions for s in samples], [s.cell for s in samples],
-                     [s.pbc for s in samples], [s.neighbours for s in samples], self.device)
+        graph = AtomGraph.from_arrays([s.species for s in samples], [s.positions for s in samples],
+                                      [s.cell for s in samples], [s.pbc for s in samples],
+                                      [s.neighbours for s in samples], self.device)
         want_forces = self.config.data.forces_key is not None
         want_stress = any(s.stress is not None for s in samples)
-        out = energies_and_derivatives(self.model, b, b.graph(self.model_config.cutoff), want_forces, want_stress,
-                                       create_graph=create_graph)
-        return b, out
+        out = ForceField(self.model)(graph, forces=want_forces, stress=want_stress, create_graph=create_graph)
+        return graph, out
 
     def _loss(self, samples, counts) -> torch.Tensor:
         """This process's share of the loss of a batch whose totals are ``counts``."""
         w = self.config.training.loss
-        b, out = self._batch_outputs(samples, create_graph=True)
+        graph, out = self._batch_outputs(samples, create_graph=True)
         f64 = dict(dtype=torch.float64, device=self.device)
-        n_atoms = torch.tensor(b.n_atoms, **f64)
+        n_atoms = graph.atoms_per_structure().to(torch.float64)
         reference = torch.tensor([s.energy for s in samples], **f64)
-        loss = w["energy"] * (((out["energies"] - reference) / n_atoms) ** 2).sum() / counts["structures"]
+        loss = w["energy"] * (((out["energy"] - reference) / n_atoms) ** 2).sum() / counts["structures"]
         if "forces" in out and w["forces"] > 0:
             forces = torch.as_tensor(np.concatenate([s.forces for s in samples]), **f64)
             loss = loss + w["forces"] * ((out["forces"] - forces) ** 2).sum() / (3 * counts["atoms"])
         labelled = [k for k, s in enumerate(samples) if s.stress is not None]
-        if "virials" in out and w["stress"] > 0 and labelled:
-            volumes = torch.tensor([samples[k].volume for k in labelled], **f64)
-            sigma = out["virials"][labelled] / volumes[:, None, None]
+        if "stress" in out and w["stress"] > 0 and labelled:
+            sigma = out["stress"][labelled]
             target = torch.as_tensor(np.stack([samples[k].stress for k in labelled]), **f64)
             loss = loss + w["stress"] * ((sigma - target) ** 2).sum() / (9 * counts["stress"])
         return loss
@@ -264,14 +264,14 @@ class Trainer:
         for k in range(0, len(mine), batch_size):
             batch = mine[k : k + batch_size]
             _, out = self._batch_outputs(batch, create_graph=False)
-            energies = out["energies"].detach().cpu().numpy()
+            energies = out["energy"].detach().cpu().numpy()
             forces = out["forces"].detach().cpu().numpy() if "forces" in out else None
             start = 0
             for j, s in enumerate(batch):
                 force_error = forces[start : start + s.n_atoms] - s.forces if forces is not None and s.forces is not None else None
                 stress_error = None
-                if s.stress is not None and "virials" in out:
-                    stress_error = out["virials"][j].detach().cpu().numpy() / s.volume - s.stress
+                if s.stress is not None and "stress" in out:
+                    stress_error = out["stress"][j].detach().cpu().numpy() - s.stress
                 tally.add(s.config_type, s.n_atoms, float(energies[j] - s.energy), force_error, stress_error)
                 start += s.n_atoms
         if self.world > 1:

@@ -1,0 +1,128 @@
+"""Energies, forces, stress and virial of an energy model: the one module every engine calls.
+
+The ASE calculator, batch prediction, torch-sim, LAMMPS and the trainer all go through
+:class:`ForceField`. From an :class:`~e2former_calc.graph.AtomGraph` (positions, cells, neighbour
+list with integer shifts) it returns, in float64:
+
+- ``energy [S]``: ``E_s = sum_{i in s} E_i``; ``atom_energies [N]``;
+- ``forces [N, 3]``: ``F = -dE/dx``;
+- ``virial [S, 3, 3]``: ``W_s = -dE_s/d(epsilon_s)`` for a symmetric strain ``epsilon_s`` applied to
+  the positions and the cell of structure ``s`` (the sign MACE, NequIP and LAMMPS use);
+- ``stress [S, 3, 3]``: ``sigma_s = -W_s / V_s = (1/V_s) dE_s/d(epsilon_s)`` (ASE's sign: positive
+  is tensile), for fully periodic structures; zero rows elsewhere, where it is undefined
+  (``periodic [S]`` says which).
+
+Forces and the virial come from one backward pass. With ``create_graph`` the derivatives are
+themselves differentiable (training on forces and stresses).
+
+:meth:`ForceField.pair_forward` serves engines that hand pair vectors ``r_ij`` and want
+``dE/dr_ij`` back (LAMMPS ML-IAP): node coordinates are rebuilt from the pairs along a spanning
+forest, so the network runs exactly as on positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .conv import ConvGraph, ConvPlan, SpanningForest, scatter_sum
+from .graph import AtomGraph
+from .model import E2Former
+
+
+class ForceField(nn.Module):
+    """Wraps an :class:`~e2former_calc.model.E2Former` (an energy model) with its derivatives.
+
+    Args:
+        model: the network; it is used as it is (its device, dtype and parameters).
+    """
+
+    def __init__(self, model: E2Former):
+        super().__init__()
+        self.model = model
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.model.config.cutoff)
+
+    def plan(self, graph: AtomGraph) -> ConvPlan | None:
+        """The convolution plan of ``graph``: keep it while the neighbour list holds."""
+        return self.model.plan(graph.conv_graph())
+
+    def forward(self, graph: AtomGraph, plan: ConvPlan | None = None, forces: bool = True, stress: bool = False,
+                create_graph: bool = False) -> dict:
+        """Energies and the requested derivatives (see the module docstring).
+
+        Args:
+            graph: the atoms and edges.
+            plan: from :meth:`plan` for this graph's edges (made on the spot when None).
+            forces: compute ``forces``.
+            stress: compute ``virial`` and ``stress``.
+            create_graph: keep the derivatives differentiable (training).
+        """
+        if plan is None:
+            plan = self.plan(graph)
+        with torch.set_grad_enabled(forces or stress or create_graph or torch.is_grad_enabled()):
+            positions = graph.positions.detach().requires_grad_(forces) if forces else graph.positions
+            strain = torch.zeros(graph.n_structures, 3, 3, dtype=torch.float64, device=graph.device,
+                                 requires_grad=stress)
+            if stress:
+                deformation = torch.eye(3, dtype=torch.float64, device=graph.device) + 0.5 * (strain + strain.transpose(1, 2))
+                strained = graph.with_geometry(torch.einsum("ni,nij->nj", positions, deformation.index_select(0, graph.batch)),
+                                               graph.cells @ deformation)
+            else:
+                strained = graph.with_geometry(positions)
+            atom_energies = self.model(graph.species, strained.conv_graph(), plan)  # [N] float64
+            energy = scatter_sum(atom_energies, graph.batch, graph.n_structures)  # [S]
+            out = {"energy": energy, "atom_energies": atom_energies}
+            wanted = [t for t, flag in ((positions, forces), (strain, stress)) if flag]
+            if wanted:
+                grads = list(torch.autograd.grad(energy.sum(), wanted, create_graph=create_graph))
+                if forces:
+                    out["forces"] = -grads.pop(0)
+                if stress:
+                    virial = -grads.pop(0)
+                    periodic = graph.periodic
+                    volume = torch.linalg.det(graph.cells).abs()
+                    safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
+                    out["virial"] = virial
+                    out["stress"] = torch.where(periodic[:, None, None], -virial / safe_volume[:, None, None],
+                                                torch.zeros_like(virial))
+                    out["periodic"] = periodic
+        return out
+
+    def pair_forward(self, species: torch.Tensor, forest: SpanningForest, edge_vectors: torch.Tensor,
+                     plan: ConvPlan | None = None, energy_mask: torch.Tensor | None = None,
+                     create_graph: bool = False) -> dict:
+        """Energies and ``dE/dr_ij`` from pair vectors alone.
+
+        Args:
+            species: ``[N]`` species index of every node (owned and ghost atoms alike).
+            forest: :class:`~e2former_calc.conv.SpanningForest` of the pairs (made once per pair list).
+            edge_vectors: ``[E, 3]`` ``r_ij = x_j - x_i`` of the forest's pairs ``i <- j``.
+            plan: the plan of :meth:`pair_plan` (made on the spot when None).
+            energy_mask: ``[N]`` bool, the atoms whose energies count (e.g. those a rank owns);
+                None: all.
+            create_graph: keep ``pair_gradients`` differentiable.
+
+        Returns:
+            ``atom_energies [N]``, ``energy`` (the sum over the mask) and ``pair_gradients [E, 3]``
+            ``= dE/dr_ij``, float64.
+        """
+        with torch.set_grad_enabled(True):
+            vectors = edge_vectors.to(torch.float64)
+            if not vectors.requires_grad:
+                vectors = vectors.detach().requires_grad_(True)
+            graph = ConvGraph.from_edge_vectors(vectors, forest)
+            if plan is None:
+                plan = self.model.plan(graph)
+            atom_energies = self.model(species, graph, plan)
+            counted = atom_energies if energy_mask is None else atom_energies[energy_mask]
+            energy = counted.sum()
+            (gradients,) = torch.autograd.grad(energy, vectors, create_graph=create_graph)
+        return {"atom_energies": atom_energies, "energy": energy, "pair_gradients": gradients}
+
+    def pair_plan(self, forest: SpanningForest, edge_vectors: torch.Tensor) -> ConvPlan | None:
+        """The convolution plan for :meth:`pair_forward` on this pair list."""
+        with torch.no_grad():
+            return self.model.plan(ConvGraph.from_edge_vectors(edge_vectors.detach().to(torch.float64), forest))
