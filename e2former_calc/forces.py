@@ -12,8 +12,9 @@ list with integer shifts) it returns, in float64:
   is tensile), for fully periodic structures; zero rows elsewhere, where it is undefined
   (``periodic [S]`` says which).
 
-Forces and the virial come from one backward pass. With ``create_graph`` the derivatives are
-themselves differentiable (training on forces and stresses).
+Forces and the virial come from one backward pass. With ``create_graph`` the outputs stay in
+the autograd graph and the derivatives are themselves differentiable (training on forces and
+stresses); without it they are detached.
 
 :meth:`ForceField.pair_forward` serves engines that hand pair vectors ``r_ij`` and want
 ``dE/dr_ij`` back (LAMMPS ML-IAP): node coordinates are rebuilt from the pairs along a spanning
@@ -89,6 +90,8 @@ class ForceField(nn.Module):
                     out["stress"] = torch.where(periodic[:, None, None], -virial / safe_volume[:, None, None],
                                                 torch.zeros_like(virial))
                     out["periodic"] = periodic
+        if not create_graph:
+            out = {k: v.detach() for k, v in out.items()}
         return out
 
     def pair_forward(self, species: torch.Tensor, forest: SpanningForest, edge_vectors: torch.Tensor,
@@ -120,7 +123,8 @@ class ForceField(nn.Module):
             counted = atom_energies if energy_mask is None else atom_energies[energy_mask]
             energy = counted.sum()
             (gradients,) = torch.autograd.grad(energy, vectors, create_graph=create_graph)
-        return {"atom_energies": atom_energies, "energy": energy, "pair_gradients": gradients}
+        out = {"atom_energies": atom_energies, "energy": energy, "pair_gradients": gradients}
+        return out if create_graph else {k: v.detach() for k, v in out.items()}
 
     def pair_plan(self, forest: SpanningForest, edge_vectors: torch.Tensor) -> ConvPlan | None:
         """The convolution plan for :meth:`pair_forward` on this pair list."""

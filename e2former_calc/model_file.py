@@ -3,10 +3,10 @@
 A file is ``torch.save`` of a plain dictionary of numbers, strings, lists and tensors::
 
     format          "e2former-calc-potential"
-    format_version  1
+    format_version  2
     config          E2FormerConfig.to_dict()
     atomic_numbers  species of the model, in order
-    e0              reference energy of each species (eV)
+    e0              energy of an isolated atom of each species (eV)
     cutoff          Å (the same as config["cutoff"], for readers that look only at this)
     dtype           "float32" or "float64": the precision the weights were trained in
     provenance      free-form strings: data, training, software versions, date
@@ -14,6 +14,11 @@ A file is ``torch.save`` of a plain dictionary of numbers, strings, lists and te
 
 :func:`load_model` reads it with ``torch.load(..., weights_only=True)``, which refuses pickled
 code; a truncated, corrupted or foreign file raises :class:`ModelFileError` saying so.
+
+Format 1 (before the model's readout was made relative to the isolated atom, so that a lone atom
+gets exactly E0) is read too: its models computed ``R(h_i) * energy_scale + e0``, which is the
+present model with ``e0 + energy_scale * R(h_iso)``; :func:`load_model` converts the E0s so, in
+float64, and every energy stays what it was (to rounding).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from . import __version__
 from .model import E2Former, E2FormerConfig
 
 FORMAT = "e2former-calc-potential"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ModelFileError(ValueError):
@@ -115,7 +120,18 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[E2
         model.load_state_dict(content["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: the weights do not fit the stated hyper-parameters ({error})") from None
+    if content["format_version"] == 1:
+        model = _isolated_atom_e0(model.double())
     dtype = dtype or {"float32": torch.float32, "float64": torch.float64}[content["dtype"]]
     model = model.to(device=device, dtype=dtype).eval()
     metadata = {k: v for k, v in content.items() if k != "state_dict"}
+    metadata["e0"] = list(model.e0)
     return model, metadata
+
+
+def _isolated_atom_e0(model: E2Former) -> E2Former:
+    """A format-1 model as the present one: ``e0 <- e0 + energy_scale * R(h_iso)`` (float64)."""
+    with torch.no_grad():
+        offsets = model.isolated_atom_readout().double() * model.config.energy_scale
+    model.e0 = tuple(float(e) + float(o) for e, o in zip(model.e0, offsets))
+    return model

@@ -43,7 +43,7 @@ def test_save_and_load_give_bit_identical_weights_and_outputs(tmp_path):
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-12)
     assert np.abs(results[0][1] - results[1][1]).max() < 1e-12 and np.abs(results[0][2] - results[1][2]).max() < 1e-12
     content = read_model_file(path)
-    assert content["format_version"] == 1 and content["atomic_numbers"] == [1, 6, 8, 29]
+    assert content["format_version"] == 2 and content["atomic_numbers"] == [1, 6, 8, 29]
     assert content["cutoff"] == calc.cutoff and content["e0"] == [-1.0, -2.0, -3.0, -4.0]
     assert content["provenance"]["data"] == "none, untrained" and "torch" in content["provenance"]["software"]
     assert loaded.cutoff == calc.cutoff
@@ -126,3 +126,42 @@ def test_pickle_module_is_not_how_files_are_read(tmp_path):
     path.write_bytes(pickle.dumps({"format": "e2former-calc-potential"}))
     with pytest.raises(ModelFileError):
         read_model_file(path)
+
+
+def test_save_after_loading_in_float32_writes_the_original_float64_weights(tmp_path):
+    path = make_calculator(seed=5).save(tmp_path / "pot64.pt")
+    fast = E2FormerCalculator.from_file(path, device="cpu", dtype="float32", quiet=True)
+    again = fast.save(tmp_path / "again.pt")
+    original, written = read_model_file(path), read_model_file(again)
+    assert written["dtype"] == "float64"
+    for name, value in original["state_dict"].items():
+        assert written["state_dict"][name].dtype == value.dtype and torch.equal(written["state_dict"][name], value), name
+
+
+def test_format_1_files_load_with_the_same_energies(tmp_path):
+    """Format 1 models computed R(h) * scale + e0 with no isolated-atom subtraction; loading one
+    moves R(h_iso) * scale into E0, so every energy is what it was and a lone atom gets the new E0."""
+    from ase import Atoms
+
+    from e2former_calc.model_file import atomic_save
+
+    calc = make_calculator(seed=7)
+    path = calc.save(tmp_path / "v2.pt")
+    content = read_model_file(path)
+    model = calc.model
+    with torch.no_grad():
+        offsets = model.isolated_atom_readout().double() * model.config.energy_scale
+    content["format_version"] = 1
+    content["e0"] = [e - float(o) for e, o in zip(content["e0"], offsets)]  # what format 1 stored
+    old = atomic_save(content, tmp_path / "v1.pt")
+    loaded = E2FormerCalculator.from_file(old, device="cpu", quiet=True)
+    assert loaded.model.e0 == pytest.approx(model.e0, abs=1e-12)
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    for structure in (atoms, Atoms("Cu", positions=[[0, 0, 0]])):
+        energies = []
+        for c in (calc, loaded):
+            a = structure.copy()
+            a.calc = c
+            energies.append(a.get_potential_energy())
+        assert energies[0] == pytest.approx(energies[1], abs=1e-10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class E2FormerCalculator(Calculator):
         super().__init__(**kwargs)
         self.implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
         self.predictor = Predictor(model, device=device, dtype=dtype, skin=skin)
+        # the weights as given (e.g. float64 from the file), for save(): the predictor's copy may be float32
+        self._weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.metadata = dict(metadata or {})
         if not quiet:
             label = self.metadata.get("name", "E2Former potential")
@@ -89,10 +92,16 @@ class E2FormerCalculator(Calculator):
         return cls(model, device=device, dtype=dtype, metadata=metadata, **kwargs)
 
     def save(self, path, provenance=None) -> Path:
-        """Write the potential to ``path`` (the model file format of :mod:`e2former_calc.model_file`)."""
+        """Write the potential to ``path`` (the model file format of :mod:`e2former_calc.model_file`)
+        with the weights it was built from, in their dtype (a calculator running in float32 on a
+        float64 potential still writes the float64 weights)."""
         info = dict(self.metadata.get("provenance", {}))
         info.update(provenance or {})
-        return save_model(self.predictor.model, path, info)
+        model = copy.deepcopy(self.predictor.model).to("cpu")
+        dtype = next(iter(self._weights.values())).dtype
+        model = model.to(dtype)
+        model.load_state_dict(self._weights)
+        return save_model(model, path, info)
 
     @property
     def cutoff(self) -> float:

@@ -50,6 +50,7 @@ class EquivariantAttention(nn.Module):
         super().__init__()
         c, lmax = config.channels, config.max_degree
         self.num_heads, self.head_dim, self.max_degree = config.num_heads, config.head_dim, lmax
+        self.slices = degree_slices(lmax)
         self.invariant_map = DegreeLinear(lmax, c, c, bias=False)
         n_invariants = c * (lmax + 1)
         self.queries = nn.Sequential(nn.Linear(n_invariants, c), nn.SiLU(), nn.Linear(c, config.num_heads * config.head_dim))
@@ -63,7 +64,7 @@ class EquivariantAttention(nn.Module):
     def invariants(self, h: torch.Tensor) -> torch.Tensor:
         """``[N, C, D] -> [N, C (L_max + 1)]``: scalars and ``|z_l|^2 / (2l+1)`` of ``z = W h``."""
         z = self.invariant_map(h)
-        parts = [z[:, :, 0]] + [z[:, :, s].pow(2).mean(-1) for s in degree_slices(self.max_degree)[1:]]
+        parts = [z[:, :, 0]] + [z[:, :, s].pow(2).mean(-1) for s in self.slices[1:]]
         return torch.cat(parts, dim=-1)
 
     def forward(self, h, graph: ConvGraph, plan: ConvPlan, basis, species_i, species_j, envelope):

@@ -25,7 +25,9 @@ class E2FormerConfig:
         envelope_exponent: ``p`` of the polynomial cutoff envelope (C² at the cutoff for any p;
             p >= 2 keeps it smooth at r = 0 too).
         average_neighbours: normalisation of the edge-degree embedding's sum.
-        energy_scale: scale of the per-atom energy readout (eV).
+        energy_scale: factor (eV) on the per-atom energy readout. Training's ``auto`` sets it to
+            the numerical value of the data's RMS force component in eV/Å (i.e. the typical energy
+            change of moving an atom by 1 Å against a typical force), the usual scale in MACE.
     """
 
     cutoff: float = 5.0

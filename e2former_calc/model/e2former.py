@@ -53,12 +53,20 @@ class TransformerBlock(nn.Module):
 
 
 class E2Former(nn.Module):
-    """Per-atom energies ``E_i + E0[Z_i]`` of atoms on a neighbour graph.
+    """Per-atom energies of atoms on a neighbour graph::
+
+        E_i = energy_scale * (R(h_i) - R(h_iso[Z_i])) + E0[Z_i]
+
+    ``R`` is the readout MLP of the final scalar features, ``h_iso[Z]`` the final features of a
+    lone atom of species ``Z`` (no neighbour within the cutoff: every edge term vanishes, so they
+    depend on the species alone). An atom with no neighbour within the cutoff therefore has
+    exactly (to rounding) the energy ``E0[Z]``, the isolated-atom energy, and two fragments
+    farther apart than the cutoff have the sum of their energies: the dissociation limit is right.
 
     Args:
         config: the hyper-parameters.
         atomic_numbers: the species the model knows, in the order of its species indices.
-        e0: per-species reference energies (eV), same order; zeros if None.
+        e0: energy of an isolated atom of each species (eV), same order; zeros if None.
 
     Forward:
         species: ``[N]`` species index of each atom (position in ``atomic_numbers``).
@@ -112,7 +120,21 @@ class E2Former(nn.Module):
         h = self.embedding(species, graph, basis, species_i, species_j, envelope)
         for block in self.blocks:
             h = block(h, graph, plan, basis, species_i, species_j, envelope)
-        scalars = self.readout_norm(h)[:, :, 0]
+        readout = self.readout(self.readout_norm(h)[:, :, 0]).squeeze(-1)  # [N]
+        relative = readout.double() - self.isolated_atom_readout().double().index_select(0, species)
         e0 = torch.tensor(self.e0, dtype=torch.float64, device=species.device)
-        return self.readout(scalars).squeeze(-1).double() * self.config.energy_scale + e0[species]
+        return relative * self.config.energy_scale + e0.index_select(0, species)
+
+    def isolated_atom_readout(self) -> torch.Tensor:
+        """``[n_species]`` ``R(h_iso[Z])``: the readout of a lone atom of each species.
+
+        With no edge, the embedding leaves the species embedding on ``l = 0`` and zeros
+        elsewhere, and every attention block adds exactly zero; only the feed-forward layers act.
+        """
+        weight = self.embedding.species.weight  # [n_species, C]
+        h = weight.new_zeros(weight.shape[0], self.config.channels, (self.config.max_degree + 1) ** 2)
+        h = torch.cat([h[:, :, :1] + weight[:, :, None], h[:, :, 1:]], dim=-1)
+        for block in self.blocks:
+            h = h + block.feedforward(block.feedforward_norm(h))
+        return self.readout(self.readout_norm(h)[:, :, 0]).squeeze(-1)
 

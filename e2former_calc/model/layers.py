@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
+from e3nn import o3
 from torch import nn
 
 
 def degree_slices(max_degree: int) -> list[slice]:
-    return [slice(l * l, (l + 1) * (l + 1)) for l in range(max_degree + 1)]
+    """Component slice of each degree ``l = 0 .. max_degree`` in ``0e + 1o + 2e + ...`` (e3nn's)."""
+    return o3.Irreps.spherical_harmonics(max_degree).slices()
 
 
 class DegreeLinear(nn.Module):
@@ -21,11 +23,12 @@ class DegreeLinear(nn.Module):
     def __init__(self, max_degree: int, channels_in: int, channels_out: int, bias: bool = True):
         super().__init__()
         self.max_degree = max_degree
+        self.slices = degree_slices(max_degree)
         self.weights = nn.Parameter(torch.randn(max_degree + 1, channels_in, channels_out) / math.sqrt(channels_in))
         self.bias = nn.Parameter(torch.zeros(channels_out)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        blocks = [torch.einsum("ncm,cd->ndm", x[:, :, s], self.weights[l]) for l, s in enumerate(degree_slices(self.max_degree))]
+        blocks = [torch.einsum("ncm,cd->ndm", x[:, :, s], self.weights[l]) for l, s in enumerate(self.slices)]
         out = torch.cat(blocks, dim=-1)
         if self.bias is not None:
             out = torch.cat([out[:, :, :1] + self.bias[:, None], out[:, :, 1:]], dim=-1)
@@ -64,6 +67,7 @@ class GatedFeedForward(nn.Module):
     def __init__(self, max_degree: int, channels: int, hidden: int):
         super().__init__()
         self.max_degree = max_degree
+        self.slices = degree_slices(max_degree)
         self.up = DegreeLinear(max_degree, channels, hidden)
         self.gates = nn.Linear(hidden, hidden * max_degree) if max_degree > 0 else None
         self.down = DegreeLinear(max_degree, hidden, channels)
@@ -74,6 +78,6 @@ class GatedFeedForward(nn.Module):
         blocks = [nn.functional.silu(scalars).unsqueeze(-1)]
         if self.gates is not None:
             gates = torch.sigmoid(self.gates(scalars)).unflatten(-1, (self.max_degree, -1))  # [N, L, hidden]
-            for l, s in enumerate(degree_slices(self.max_degree)[1:], start=1):
+            for l, s in enumerate(self.slices[1:], start=1):
                 blocks.append(h[:, :, s] * gates[:, l - 1, :, None])
         return self.down(torch.cat(blocks, dim=-1))

@@ -48,12 +48,8 @@ class FeatureLayout:
         return sum(2 * l + 1 for l, _ in self.irreps)
 
     def slices(self) -> list[slice]:
-        """Component slice of each irrep along the last axis."""
-        out, start = [], 0
-        for l, _ in self.irreps:
-            out.append(slice(start, start + 2 * l + 1))
-            start += 2 * l + 1
-        return out
+        """Component slice of each irrep along the last axis (e3nn's ``Irreps.slices``)."""
+        return self.e3nn_irreps(1).slices()
 
     def e3nn_irreps(self, channels: int) -> o3.Irreps:
         """The same features as e3nn irreps: ``channels x`` each irrep."""

@@ -13,7 +13,7 @@ Example (every key shown; only ``data.train`` and ``output`` are required)::
     model:
       preset: small                                # plus any E2FormerConfig field, e.g.
       channels: 32
-      energy_scale: auto                           # auto: RMS force component of the data
+      energy_scale: auto                           # eV; auto: the RMS force component (eV/Å) x 1 Å
       average_neighbours: auto                     # auto: mean neighbours per atom of the data
     training:
       dtype: float64                               # or float32
