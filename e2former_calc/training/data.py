@@ -43,10 +43,6 @@ class Sample:
     def n_atoms(self) -> int:
         return len(self.numbers)
 
-    @property
-    def volume(self) -> float:
-        return abs(float(np.linalg.det(self.cell)))
-
 
 def label(atoms, key):
     """The label ``key`` of ``atoms``: info, arrays, then the calculator's results; None if absent."""

@@ -145,6 +145,7 @@ class Trainer:
         self.model_config = self.config.model_config(self.stats["rms_force"] or 1.0, self.stats["mean_neighbours"])
         torch.manual_seed(self.config.training.seed)
         self.model = E2Former(self.model_config, species, self.e0).to(device=self.device, dtype=self.dtype)
+        self.forcefield = ForceField(self.model)
         if self.world > 1:
             for p in self.model.parameters():
                 dist.broadcast(p.data, src=0)
@@ -181,7 +182,7 @@ class Trainer:
                                       [s.neighbours for s in samples], self.device)
         want_forces = self.config.data.forces_key is not None
         want_stress = any(s.stress is not None for s in samples)
-        out = ForceField(self.model)(graph, forces=want_forces, stress=want_stress, create_graph=create_graph)
+        out = self.forcefield(graph, forces=want_forces, stress=want_stress, create_graph=create_graph)
         return graph, out
 
     def _loss(self, samples, counts) -> torch.Tensor:
