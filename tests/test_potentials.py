@@ -50,3 +50,25 @@ def test_test_errors_match_the_reported_ones(name):
     if "stress_mae" in measured:  # learnt with the labels' sign: far below the labels' own size
         typical = 1000 * np.mean([np.abs(f.info["REF_stress"]).mean() for f in frames])  # meV/Å³
         assert measured["stress_mae"] < 0.25 * typical
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_physics_of_the_shipped_potentials(name):
+    """The public testing kit on the shipped potentials: forces are the gradient, the O(3)
+    symmetries hold, a lone atom has its E0 (format-1 files convert theirs on loading)."""
+    from ase.build import bulk, molecule
+
+    from e2former_calc import testing
+
+    calc = E2FormerCalculator.from_pretrained(name, device="cpu", dtype="float64", quiet=True)
+    if name == "e2former-emt-cu":
+        atoms = bulk("Cu", "fcc", a=3.6).repeat((2, 2, 2))
+        atoms.rattle(0.05, seed=2)
+        testing.assert_stress_is_strain_derivative(atoms, calc)
+    else:
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.05, seed=2)
+    testing.assert_forces_are_minus_gradient(atoms, calc, indices=[0, 1, 2])
+    testing.assert_equivariant(atoms, calc)
+    for symbol, e0 in zip(SHIPPED[name][1], calc.model.e0):
+        testing.assert_isolated_atom_energy(calc, symbol, e0)
