@@ -30,7 +30,7 @@ def reference(atoms, kind: str, key: str | None = None):
 
 
 def tally_errors(atoms_list, results, keys: dict | None = None) -> tuple[ErrorTally, dict]:
-    """Errors of ``results`` (from :func:`~e2former_calc.predict.predict`) against the references;
+    """Errors of ``results`` (from :func:`~e2former_calc.predictor.predict`) against the references;
     also the parity data (per-atom energies and force components, reference and predicted)."""
     keys = {k: v for k, v in (keys or {}).items() if v}
     for kind, key in keys.items():  # a key given by name must exist: a typo is not "no labels"

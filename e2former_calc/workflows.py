@@ -15,8 +15,8 @@ import numpy as np
 from ase import units
 from ase.io import Trajectory, write
 
-from .predict import predict
-from .progress import Progress
+from .predictor import predict
+from .progress import progress_bar
 
 ENSEMBLES = ("nve", "nvt", "npt")
 
@@ -46,35 +46,45 @@ def thermalize(atoms, temperature_K: float, seed: int = 0) -> None:
 
 
 def _dynamics(atoms, ensemble, timestep_fs, temperature, friction, pressure_bar, seed):
-    from ase.md.langevin import Langevin
-    from ase.md.nose_hoover_chain import IsotropicMTKNPT
-    from ase.md.verlet import VelocityVerlet
-
     dt = timestep_fs * units.fs
     if ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
         return VelocityVerlet(atoms, timestep=dt)
     if ensemble == "nvt":
+        from ase.md.langevin import Langevin
+
         return Langevin(atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs,
                         fixcm=False, rng=np.random.default_rng(seed))
     if not atoms.pbc.all():
         raise ValueError("NPT needs a fully periodic cell")
+    try:  # ASE >= 3.25; NVE and NVT work with every ASE the package allows
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
+    except ImportError:
+        import ase
+
+        raise ValueError(f"NPT needs ase >= 3.25 (ase.md.nose_hoover_chain.IsotropicMTKNPT); this is ase "
+                         f"{ase.__version__}: pip install 'ase>=3.25'") from None
     return IsotropicMTKNPT(atoms, timestep=dt, temperature_K=temperature, pressure_au=pressure_bar * units.bar,
                            tdamp=100 * dt, pdamp=1000 * dt)
 
 
-def run_md(atoms, ensemble="nve", steps=1000, timestep_fs=0.5, temperature=300.0, friction=0.01,
+def run_md(atoms, ensemble="nvt", steps=1000, timestep_fs=0.5, temperature=300.0, friction=0.01,
            pressure_bar=1.0, trajectory=None, log=None, interval=10, seed=0, resume=False,
            progress=True) -> MDReport:
     """Run MD in place on ``atoms`` (a calculator attached).
 
     Args:
-        ensemble: ``"nve"`` (velocity Verlet), ``"nvt"`` (Langevin, ``friction`` in 1/fs) or
-            ``"npt"`` (isotropic Martyna-Tobias-Klein, fully periodic cells).
+        ensemble: ``"nvt"`` (Langevin, ``friction`` in 1/fs), ``"nve"`` (velocity Verlet) or
+            ``"npt"`` (isotropic Martyna-Tobias-Klein, fully periodic cells, ase >= 3.25).
         steps: MD steps to run (with ``resume``: steps in total, counting those already run).
-        temperature: K; the initial velocities are Maxwell-Boltzmann at this temperature.
-        trajectory: ASE ``.traj`` file, a frame every ``interval`` steps (appended to on resume).
-        log: text log (ASE's MDLogger) every ``interval`` steps.
+        temperature: K; the initial velocities are Maxwell-Boltzmann at this temperature (in NVE
+            from a minimum-energy structure, equipartition brings it down to about half).
+        trajectory: ASE ``.traj`` file, a frame every ``interval`` steps (appended to on resume,
+            else overwritten: the ``e2former`` command chooses a free name).
+        log: text log (ASE's MDLogger) every ``interval`` steps (appended to on resume).
         resume: continue from the last frame of ``trajectory`` (positions, momenta, cell).
+        progress: a progress bar on standard error with the temperature and the total energy.
     """
     from ase.md import MDLogger
 
@@ -102,7 +112,7 @@ def run_md(atoms, ensemble="nve", steps=1000, timestep_fs=0.5, temperature=300.0
 
     n_atoms = len(atoms)
     times, totals = [], []
-    bar = Progress(remaining, label=f"MD {ensemble}", unit="steps") if progress else None
+    bar = progress_bar(remaining, label=f"MD {ensemble}", unit="steps") if progress else None
     import time
 
     start = time.perf_counter()
@@ -119,11 +129,12 @@ def run_md(atoms, ensemble="nve", steps=1000, timestep_fs=0.5, temperature=300.0
                 writer.write()
             if logger is not None:
                 logger()
-            if bar:
+            if bar is not None:
                 temperature_now = atoms.get_kinetic_energy() / (1.5 * units.kB * n_atoms)
-                bar.update(ran, f"T={temperature_now:6.1f} K E={total:.4f} eV")
+                bar.set_postfix_str(f"T={temperature_now:6.1f} K E_tot={total:.4f} eV", refresh=False)
+                bar.update(chunk)
     finally:  # Ctrl-C or a crash: what was written stays readable
-        if bar:
+        if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
@@ -150,17 +161,19 @@ def run_relax(atoms, optimizer="fire", fmax=0.05, steps=500, relax_cell=False, t
         raise ValueError("cell relaxation needs a fully periodic cell")
     target = FrechetCellFilter(atoms) if relax_cell else atoms
     opt = optimizers[optimizer](target, trajectory=str(trajectory) if trajectory else None, logfile=None)
-    bar = Progress(steps, label=f"relax {optimizer}", unit="steps") if progress else None
+    bar = progress_bar(steps, label=f"relax {optimizer}", unit="steps") if progress else None
     converged = False
     try:
         for n, _ in enumerate(opt.irun(fmax=fmax, steps=steps)):
             forces = target.get_forces()
             largest = float(np.sqrt((forces**2).sum(axis=1)).max())
-            if bar:
-                bar.update(min(n, steps), f"E={atoms.get_potential_energy():.5f} eV fmax={largest:.4f} eV/Å")
+            if bar is not None:
+                energy = atoms.get_potential_energy()
+                bar.set_postfix_str(f"E_pot={energy:.5f} eV fmax={largest:.4f} eV/Å", refresh=False)
+                bar.update(min(n, steps) - bar.n)
             converged = largest < fmax
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
         if hasattr(opt, "close"):
             opt.close()
@@ -175,9 +188,10 @@ def run_eval(atoms_list, calc, output=None, batch_size=16, progress=True, keys=N
     from .evaluation import tally_errors
 
     atoms_list = list(atoms_list)
-    bar = Progress(len(atoms_list), label="eval", unit="structures") if progress else None
-    results = predict(atoms_list, calc, batch_size=batch_size, progress=(lambda d, t: bar.update(d)) if bar else None)
-    if bar:
+    bar = progress_bar(len(atoms_list), label="eval", unit="structures") if progress else None
+    results = predict(atoms_list, calc, batch_size=batch_size,
+                      progress=(lambda done, total: bar.update(done - bar.n)) if bar is not None else None)
+    if bar is not None:
         bar.close()
     tally, parity = tally_errors(atoms_list, results, keys)
     labelled = []

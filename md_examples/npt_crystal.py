@@ -3,11 +3,17 @@
     python md_examples/npt_crystal.py --steps 2000 --model my_copper_potential.pt
 """
 
+import sys
+
 import numpy as np
 from _common import arguments, load
 from ase import units
 from ase.build import bulk
-from ase.md.nose_hoover_chain import IsotropicMTKNPT
+
+try:
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT
+except ImportError:
+    sys.exit("npt_crystal.py needs ase >= 3.25 (ase.md.nose_hoover_chain.IsotropicMTKNPT): pip install 'ase>=3.25'")
 
 from e2former_calc.workflows import thermalize
 

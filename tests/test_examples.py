@@ -20,8 +20,18 @@ def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("[a-z]*.py")) == sorted(SCRIPTS)
 
 
+def _has_npt() -> bool:
+    try:
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT  # noqa: F401  (ASE >= 3.25)
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_example_runs(script, tmp_path):
+    if script == "npt_crystal.py" and not _has_npt():
+        pytest.skip("NPT needs ase >= 3.25 (IsotropicMTKNPT)")
     args, expected = SCRIPTS[script]
     result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, capture_output=True,
                             text=True, timeout=600)

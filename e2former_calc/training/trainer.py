@@ -38,7 +38,7 @@ from ..forces import ForceField
 from ..graph import AtomGraph
 from ..model import E2Former
 from ..model_file import atomic_save, save_model
-from ..progress import Progress
+from ..progress import progress_bar
 from .config import TrainConfig
 from .data import (
     attach_neighbours,
@@ -216,7 +216,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.train), generator=generator).tolist()
         batches = [order[k : k + t.batch_size] for k in range(0, len(order), t.batch_size)]
-        bar = Progress(len(batches), label=f"epoch {epoch + 1}", unit="batches") if self.progress else None
+        bar = progress_bar(len(batches), label=f"epoch {epoch + 1}", unit="batches") if self.progress else None
         self.model.train()
         total_loss, timed_out = 0.0, False
         for k, indices in enumerate(batches):
@@ -245,12 +245,13 @@ class Trainer:
             self.optimizer.step()
             self.ema.update(self.model)
             total_loss += float(loss_value)
-            if bar:
-                bar.update(k + 1, extra=f"loss {total_loss / (k + 1):.4g}")
+            if bar is not None:
+                bar.set_postfix_str(f"loss {total_loss / (k + 1):.4g}", refresh=False)
+                bar.update(1)
             if deadline is not None and self._agreed(time.monotonic() > deadline):
                 timed_out = True
                 break
-        if bar:
+        if bar is not None:
             bar.close()
         return total_loss / (k + 1), timed_out
 
