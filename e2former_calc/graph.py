@@ -82,6 +82,11 @@ class AtomGraph:
         """``[E, 3]`` float64 ``S_e @ cell``."""
         return torch.einsum("ei,eij->ej", self.cell_shifts.to(self.cells.dtype), self.cells.index_select(0, self.edge_batch))
 
+    def edge_vectors(self) -> torch.Tensor:
+        """``[E, 3]`` float64 ``r_e = x_j + S_e @ cell - x_i``."""
+        return (self.positions.index_select(0, self.senders) + self.cartesian_shifts()
+                - self.positions.index_select(0, self.receivers))
+
     def conv_graph(self) -> ConvGraph:
         """The geometry the network reads, image keys = the integer cell shifts."""
         return ConvGraph.build(self.positions, self.receivers, self.senders, self.cartesian_shifts(), self.cell_shifts)

@@ -25,3 +25,12 @@ def find_potential(name: str) -> Path | None:
         if (folder / f"{name}.pt").is_file():
             return folder / f"{name}.pt"
     return None
+
+
+def resolve_potential(name: str) -> Path:
+    """The file of the potential ``name``; ValueError listing the available names if there is none."""
+    path = find_potential(name)
+    if path is None:
+        known = sorted({p.stem for folder in potential_folders() if folder.is_dir() for p in folder.glob("*.pt")})
+        raise ValueError(f"no shipped potential named {name!r}; available: {', '.join(known) or 'none yet'}")
+    return path

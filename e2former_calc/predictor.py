@@ -19,7 +19,7 @@ from .forces import ForceField
 from .graph import AtomGraph
 from .model import E2Former
 from .neighbours import VerletList, neighbour_list
-from .validation import check_distances, check_structure
+from .validation import check_graph_distances, check_structure
 
 
 def resolve_device(device) -> torch.device:
@@ -57,9 +57,6 @@ class Predictor:
             parameter.requires_grad_(False)
         self.forcefield = ForceField(frozen)
         self.cutoff = float(model.config.cutoff)
-        numbers = np.asarray(model.atomic_numbers)
-        self._species_index = np.full(numbers.max() + 1, -1, dtype=np.int64)
-        self._species_index[numbers] = np.arange(len(numbers))
         self.verlet = VerletList(self.cutoff, skin)
         self._reused = None  # (AtomGraph, ConvPlan) kept while the Verlet list holds
 
@@ -77,17 +74,9 @@ class Predictor:
                         self.model.atomic_numbers, where)
 
     def _graph(self, atoms_list, neighbours_list) -> AtomGraph:
-        return AtomGraph.from_arrays([self._species_index[a.numbers] for a in atoms_list],
+        return AtomGraph.from_arrays([self.model.species_indices(a.numbers) for a in atoms_list],
                                      [a.get_positions() for a in atoms_list], [a.cell.array for a in atoms_list],
                                      [a.pbc for a in atoms_list], neighbours_list, self.device)
-
-    @staticmethod
-    def _check_distances(graph: AtomGraph, atoms_list) -> None:
-        vectors = (graph.positions.index_select(0, graph.senders) + graph.cartesian_shifts()
-                   - graph.positions.index_select(0, graph.receivers))
-        offsets = np.cumsum([0] + [len(a) for a in atoms_list])[:-1]
-        check_distances(torch.linalg.vector_norm(vectors, dim=-1), graph.receivers, graph.senders,
-                        np.concatenate([a.numbers for a in atoms_list]), offsets)
 
     def _evaluate(self, graph: AtomGraph, plan, forces: bool, stress: bool) -> list[dict]:
         out = self.forcefield(graph, plan, forces=forces, stress=stress)
@@ -129,7 +118,7 @@ class Predictor:
             kept = self._reused[0]
             graph = kept.with_geometry(torch.as_tensor(atoms.get_positions(), dtype=torch.float64, device=self.device),
                                        torch.as_tensor(atoms.cell.array, dtype=torch.float64, device=self.device)[None])
-        self._check_distances(graph, [atoms])
+        check_graph_distances(graph, atoms.numbers)
         return self._evaluate(graph, self._reused[1], forces, stress and bool(atoms.pbc.all()))[0]
 
     def compute_batch(self, atoms_list, forces: bool = True, stress: bool = True) -> list[dict]:
@@ -139,7 +128,7 @@ class Predictor:
             self.check(atoms, f"structure {k}: " if len(atoms_list) > 1 else "")
         neighbours = [neighbour_list(a.get_positions(), a.cell.array, a.pbc, self.cutoff) for a in atoms_list]
         graph = self._graph(atoms_list, neighbours)
-        self._check_distances(graph, atoms_list)
+        check_graph_distances(graph, np.concatenate([a.numbers for a in atoms_list]))
         stress = stress and any(bool(a.pbc.all()) for a in atoms_list)
         return self._evaluate(graph, self.forcefield.plan(graph), forces, stress)
 

@@ -49,7 +49,7 @@ def check_structure(numbers, positions, cell, pbc, known_numbers=None, where: st
 
 
 def check_distances(lengths: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor, numbers,
-                    offsets=None) -> None:
+                    offsets=None, name: str = "structure") -> None:
     """Raise ValueError naming the closest pair if two atoms are closer than ``MINIMUM_DISTANCE``.
 
     ``lengths``, ``receivers``, ``senders``: ``[E]`` (tensors of one graph of several structures);
@@ -64,7 +64,7 @@ def check_distances(lengths: torch.Tensor, receivers: torch.Tensor, senders: tor
     i, j = int(receivers[shortest]), int(senders[shortest])
     offsets = np.zeros(1, dtype=np.int64) if offsets is None else np.asarray(offsets)
     s = int(np.searchsorted(offsets, i, side="right") - 1)
-    where = f" in structure {s}" if len(offsets) > 1 else ""
+    where = f" in {name} {s}" if len(offsets) > 1 else ""
     image = " (a periodic image of itself)" if i == j else ""
     raise ValueError(
         f"atoms {i - offsets[s]} ({element_name(int(numbers[i]))}) and {j - offsets[s]} "
@@ -76,3 +76,12 @@ def check_distances(lengths: torch.Tensor, receivers: torch.Tensor, senders: tor
 def stress_is_defined(pbc) -> bool:
     """The stress of a structure is defined only for a fully periodic cell."""
     return bool(np.all(pbc))
+
+
+def check_graph_distances(graph, numbers, name: str = "structure") -> None:
+    """:func:`check_distances` on every edge of an :class:`~e2former_calc.graph.AtomGraph`;
+    ``numbers`` ``[N]`` atomic numbers; ``name`` is what the message calls a structure."""
+    counts = graph.atoms_per_structure().cpu().numpy()
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    check_distances(torch.linalg.vector_norm(graph.edge_vectors(), dim=-1), graph.receivers, graph.senders,
+                    numbers, offsets, name)

@@ -1,5 +1,6 @@
 """Every script in md_examples/ runs (short settings) and prints its result."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ SCRIPTS = {
     "npt_crystal.py": (["--steps", "10"], "GPa"),
     "relax_structures.py": (["--steps", "20"], "copper: E ="),
     "batch_predict.py": ([], "max |F|"),
+    "torch_sim_batched_md.py": (["--steps", "10"], "final temperatures"),
 }
 
 
@@ -32,6 +34,8 @@ def _has_npt() -> bool:
 def test_example_runs(script, tmp_path):
     if script == "npt_crystal.py" and not _has_npt():
         pytest.skip("NPT needs ase >= 3.25 (IsotropicMTKNPT)")
+    if script == "torch_sim_batched_md.py" and importlib.util.find_spec("torch_sim") is None:
+        pytest.skip("torch-sim is not installed (pip install -e '.[torchsim]')")
     args, expected = SCRIPTS[script]
     result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, capture_output=True,
                             text=True, timeout=600)

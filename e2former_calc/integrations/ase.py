@@ -12,7 +12,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ..model import E2Former, E2FormerConfig
 from ..model_file import load_model, save_model
-from ..potentials import find_potential, potential_folders
+from ..potentials import resolve_potential
 from ..predictor import Predictor
 
 
@@ -63,11 +63,7 @@ class E2FormerCalculator(Calculator):
     @classmethod
     def from_pretrained(cls, name: str, device="auto", dtype="float64", **kwargs) -> "E2FormerCalculator":
         """A shipped potential by name (see :func:`potential_folders`)."""
-        path = find_potential(name)
-        if path is None:
-            known = sorted({p.stem for folder in potential_folders() if folder.is_dir() for p in folder.glob("*.pt")})
-            raise ValueError(f"no shipped potential named {name!r}; available: {', '.join(known) or 'none yet'}")
-        return cls.from_file(path, device=device, dtype=dtype, **kwargs)
+        return cls.from_file(resolve_potential(name), device=device, dtype=dtype, **kwargs)
 
     @classmethod
     def from_config(cls, config: E2FormerConfig | str | None = None, species=("H", "C", "N", "O"), seed: int = 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -95,6 +96,13 @@ class E2Former(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.readout_norm = EquivariantRMSNorm(config.max_degree, config.channels)
         self.readout = nn.Sequential(nn.Linear(config.channels, config.channels), nn.SiLU(), nn.Linear(config.channels, 1))
+
+    def species_indices(self, atomic_numbers) -> np.ndarray:
+        """``[n]`` int64 species index (position in ``atomic_numbers``) of each atomic number;
+        the numbers must be known to the model (check first: -1 or an IndexError otherwise)."""
+        table = np.full(max(self.atomic_numbers) + 1, -1, dtype=np.int64)
+        table[list(self.atomic_numbers)] = np.arange(len(self.atomic_numbers))
+        return table[np.asarray(atomic_numbers)]
 
     @property
     def dtype(self) -> torch.dtype:
