@@ -1,4 +1,4 @@
-"""The ``e2former`` command: ``md``, ``relax``, ``train`` and ``eval``.
+"""The ``e2former`` command: ``md``, ``relax``, ``train``, ``eval`` and ``export-lammps``.
 
 Nothing heavy (torch, e3nn, ASE) is imported before the arguments are parsed: ``--help`` is quick.
 Output files are never silently replaced: default names are numbered past existing files
@@ -252,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"name of the reference {label} in the file (default: REF_{label}, else ASE's {label})")
     ev.add_argument("--batch-size", type=int, default=16, help="structures per forward/backward pass")
     _add_device_options(ev, "float64")
+
+    lm = command("export-lammps", "write a potential as a LAMMPS ML-IAP unified file (docs/lammps.md)")
+    lm.add_argument("potential", help="potential file or shipped potential name")
+    lm.add_argument("-o", "--output", required=True, help="the file to write, e.g. cu.mliap.pkl (not .pt/.pth)")
+    lm.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="the network's precision in LAMMPS")
+    lm.add_argument("--elements", nargs="+", default=None,
+                    help="element of each LAMMPS atom type, in order, for the printed input lines (default: the potential's)")
+    lm.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     return parser
 
 
@@ -288,6 +296,15 @@ def main(argv=None) -> int:
             print(f"{'converged' if converged else 'NOT converged'}: E = {atoms.get_potential_energy():.6f} eV; "
                   f"wrote {output}" + (f" and {trajectory}" if trajectory else ""))
             return 0 if converged else 1
+        elif args.command == "export-lammps":
+            from .integrations.lammps import export_lammps, input_lines, load_unified
+
+            if Path(args.output).exists() and not args.overwrite:
+                raise ValueError(f"{args.output} exists; pass --overwrite to replace it")
+            written = export_lammps(args.potential, args.output, dtype=args.dtype)
+            elements = args.elements or load_unified(written).species
+            print(f"wrote {written}; in the LAMMPS input:")
+            print("\n".join(f"    {line}" for line in input_lines(written, elements)))
         elif args.command == "train":
             from .training import load_config, train
 

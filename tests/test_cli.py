@@ -203,3 +203,16 @@ def bulk_iron():
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "e2former_calc.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "md" in result.stdout
+
+
+def test_export_lammps_writes_a_loadable_file_and_never_overwrites(tmp_path, capsys):
+    from e2former_calc.integrations.lammps import load_unified
+
+    out = tmp_path / "cu.mliap.pkl"
+    assert main(["export-lammps", "e2former-emt-cu", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pair_style mliap unified" in printed and "comm_modify cutoff" in printed and "pair_coeff * * Cu" in printed
+    assert load_unified(out).species == ["Cu"]
+    assert main(["export-lammps", "e2former-emt-cu", "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["export-lammps", "e2former-emt-cu", "-o", str(tmp_path / "cu.pt")]) == 2
