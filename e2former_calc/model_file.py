@@ -41,16 +41,16 @@ class ModelFileError(ValueError):
     """The file is not a readable e2former-calc potential."""
 
 
-def atomic_save(content, path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash (even ``kill -9``)
-    leaves either the old file or the new one, never a torn one. The file gets the usual mode
-    (``0666`` less the umask), not ``mkstemp``'s ``0600``."""
+def atomic_write(path, write) -> Path:
+    """``write(temporary_path)`` to a temporary file beside ``path``, then rename: a crash (even
+    ``kill -9``) leaves either the old file or the new one, never a torn one. The file gets the
+    usual mode (``0666`` less the umask), not ``mkstemp``'s ``0600``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        torch.save(content, temporary)
+        write(temporary)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(temporary, 0o666 & ~mask)
@@ -59,6 +59,11 @@ def atomic_save(content, path) -> Path:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def atomic_save(content, path) -> Path:
+    """``torch.save`` of ``content`` to ``path`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda temporary: torch.save(content, temporary))
 
 
 def save_model(model: E2Former, path, provenance: dict | None = None) -> Path:

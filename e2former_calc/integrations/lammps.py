@@ -485,19 +485,13 @@ def export_lammps(potential_path_or_name, output_path, dtype: str = "float64", d
     content, label = _potential_bytes(potential_path_or_name)
     unified = E2FormerMLIAP(content, dtype=dtype, device=device, name=label, prune=prune,
                             check_ghost_shell=check_ghost_shell)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    from ..model_file import atomic_write
+
+    def write(temporary):
+        with open(temporary, "wb") as stream:
             pickle.dump(unified, stream, protocol=pickle.HIGHEST_PROTOCOL)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)
-        os.replace(temporary, output_path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return output_path
+
+    return atomic_write(output_path, write)
 
 
 def load_unified(path) -> E2FormerMLIAP:
