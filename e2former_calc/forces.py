@@ -23,6 +23,8 @@ forest, so the network runs exactly as on positions.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -41,6 +43,15 @@ class ForceField(nn.Module):
     def __init__(self, model: E2Former):
         super().__init__()
         self.model = model
+
+    @classmethod
+    def frozen(cls, model: E2Former, device, dtype) -> "ForceField":
+        """A ForceField on a copy of ``model`` on ``device`` in ``dtype``, in eval mode, without
+        parameter gradients (inference); the caller's model is left as it was."""
+        copied = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+        for parameter in copied.parameters():
+            parameter.requires_grad_(False)
+        return cls(copied)
 
     @property
     def cutoff(self) -> float:

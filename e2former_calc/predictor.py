@@ -8,7 +8,6 @@ the network runs in the model's dtype.
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch
@@ -52,10 +51,7 @@ class Predictor:
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        frozen = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
-        for parameter in frozen.parameters():
-            parameter.requires_grad_(False)
-        self.forcefield = ForceField(frozen)
+        self.forcefield = ForceField.frozen(model, self.device, self.dtype)
         self.cutoff = float(model.config.cutoff)
         self.verlet = VerletList(self.cutoff, skin)
         self._reused = None  # (AtomGraph, ConvPlan) kept while the Verlet list holds

@@ -39,7 +39,6 @@ outputs are detached.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -97,15 +96,12 @@ class E2FormerModel(ModelInterface):
         self._dtype = resolve_dtype(dtype)
         self._compute_forces = bool(compute_forces)
         self._compute_stress = bool(compute_stress)
-        frozen = copy.deepcopy(model).to(device=self._device, dtype=self._dtype).eval()
-        for parameter in frozen.parameters():
-            parameter.requires_grad_(False)
-        self.forcefield = ForceField(frozen)
-        self.cutoff = float(frozen.config.cutoff)
+        self.forcefield = ForceField.frozen(model, self._device, self._dtype)
+        self.cutoff = float(model.config.cutoff)
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")
         self.skin = float(skin)
-        self.atomic_numbers = tuple(frozen.atomic_numbers)
+        self.atomic_numbers = tuple(model.atomic_numbers)
         self._verlets: list[VerletList] = []
         self._previous: list = []  # per system, the positions of the previous call (unwrapped)
         self._reused = None  # (AtomGraph, ConvPlan) while every system's Verlet list holds
