@@ -31,6 +31,7 @@ from torch import nn
 from .conv import ConvGraph, ConvPlan, SpanningForest, scatter_sum
 from .graph import AtomGraph
 from .model import E2Former
+from .model.stages import LayerStages
 
 
 class ForceField(nn.Module):
@@ -107,7 +108,7 @@ class ForceField(nn.Module):
 
     def pair_forward(self, species: torch.Tensor, forest: SpanningForest, edge_vectors: torch.Tensor,
                      plan: ConvPlan | None = None, energy_mask: torch.Tensor | None = None,
-                     create_graph: bool = False) -> dict:
+                     create_graph: bool = False, stages: LayerStages | None = None, exchange=None) -> dict:
         """Energies and ``dE/dr_ij`` from pair vectors alone.
 
         Args:
@@ -115,22 +116,26 @@ class ForceField(nn.Module):
             forest: :class:`~e2former_calc.conv.SpanningForest` of the pairs (made once per pair list).
             edge_vectors: ``[E, 3]`` ``r_ij = x_j - x_i`` of the forest's pairs ``i <- j``.
             plan: the plan of :meth:`pair_plan` (made on the spot when None).
-            energy_mask: ``[N]`` bool, the atoms whose energies count (e.g. those a rank owns);
-                None: all.
+            energy_mask: ``[M]`` bool over the returned atom energies, the atoms whose energies
+                count (e.g. those a rank owns); None: all.
             create_graph: keep ``pair_gradients`` differentiable.
+            stages: from :meth:`pair_stages`: each layer only where the energies of the first
+                ``stages.nodes[-1]`` nodes need it (``plan`` is then unused).
+            exchange: the model's halo exchange before each block (see
+                :class:`~e2former_calc.model.E2Former`).
 
         Returns:
-            ``atom_energies [N]``, ``energy`` (the sum over the mask) and ``pair_gradients [E, 3]``
-            ``= dE/dr_ij``, float64.
+            ``atom_energies [M]`` (``M = N``, or ``stages.nodes[-1]``), ``energy`` (the sum over
+            the mask) and ``pair_gradients [E, 3]`` ``= dE/dr_ij``, float64.
         """
         with torch.set_grad_enabled(True):
             vectors = edge_vectors.to(torch.float64)
             if not vectors.requires_grad:
                 vectors = vectors.detach().requires_grad_(True)
             graph = ConvGraph.from_edge_vectors(vectors, forest)
-            if plan is None:
+            if plan is None and stages is None:
                 plan = self.model.plan(graph)
-            atom_energies = self.model(species, graph, plan)
+            atom_energies = self.model(species, graph, plan, stages=stages, exchange=exchange)
             counted = atom_energies if energy_mask is None else atom_energies[energy_mask]
             energy = counted.sum()
             (gradients,) = torch.autograd.grad(energy, vectors, create_graph=create_graph)
@@ -141,3 +146,11 @@ class ForceField(nn.Module):
         """The convolution plan for :meth:`pair_forward` on this pair list."""
         with torch.no_grad():
             return self.model.plan(ConvGraph.from_edge_vectors(edge_vectors.detach().to(torch.float64), forest))
+
+    def pair_stages(self, forest: SpanningForest, edge_vectors: torch.Tensor, hops) -> LayerStages:
+        """The :class:`~e2former_calc.model.stages.LayerStages` for :meth:`pair_forward` on this
+        pair list, its nodes at graph distances ``hops`` ``[N]`` (non-decreasing) from the atoms
+        whose energies are wanted."""
+        with torch.no_grad():
+            graph = ConvGraph.from_edge_vectors(edge_vectors.detach().to(torch.float64), forest)
+            return LayerStages.build(self.model, graph, hops)

@@ -93,6 +93,17 @@ class ConvGraph:
         return cls(forest.receivers, forest.senders, forest.images, positions, shifts, vectors,
                    torch.linalg.vector_norm(vectors, dim=-1))
 
+    def restrict(self, n_nodes: int, edges: torch.Tensor) -> "ConvGraph":
+        """The subgraph of the first ``n_nodes`` nodes and the edges ``edges`` (``[E']`` indices),
+        whose receivers and senders must all be among those nodes; the tensors are views or
+        selections of this graph's (gradients flow back to it)."""
+        receivers, senders = self.receivers.index_select(0, edges), self.senders.index_select(0, edges)
+        if edges.numel() and int(torch.maximum(receivers, senders).max()) >= n_nodes:
+            raise IndexError(f"an edge of the subgraph reaches beyond its first {n_nodes} nodes")
+        return ConvGraph(receivers, senders, self.images.index_select(0, edges), self.positions[:n_nodes],
+                         self.shifts.index_select(0, edges), self.vectors.index_select(0, edges),
+                         self.lengths.index_select(0, edges))
+
     @property
     def n_nodes(self) -> int:
         return self.positions.shape[0]

@@ -225,6 +225,8 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
 
     def compute_forces(self, data):
         """Energies of the owned atoms, ``dE/dr_ij`` of every pair, handed to LAMMPS."""
+        if callable(getattr(data, "forward_exchange", None)):
+            return self._compute_with_exchange(data)
         nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
         nlist = int(data.nlistatoms)
         if nlocal == 0 or nlist == 0:  # a rank without atoms (a small cell on many ranks, vacuum)
@@ -252,7 +254,7 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
         graph = self._pair_graph(runtime, nlocal, ntotal, pair_i, pair_j, species, vectors_all, device)
         vectors = vectors_all.index_select(0, graph["kept_edges"]) if graph["kept_edges"] is not None else vectors_all
         out = runtime["forcefield"].pair_forward(graph["species"], graph["forest"], vectors, graph["plan"],
-                                                 energy_mask=graph["owned"])
+                                                 energy_mask=graph["owned"], stages=graph["stages"])
         gradients = out["pair_gradients"]
         if graph["kept_edges"] is not None:
             full = torch.zeros((npairs, 3), dtype=torch.float64, device=device)
@@ -267,6 +269,90 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
         atom_energies = out["atom_energies"].detach().cpu().numpy()
         data.eatoms = np.ascontiguousarray(atom_energies[graph["node_of"][iatoms]], dtype=np.float64)
         data.energy = energy
+
+    def _compute_with_exchange(self, data):
+        """The feature-exchange path (ML-IAP with ``forward_exchange``, KOKKOS builds).
+
+        Only the pairs around owned atoms are used (LAMMPS's ordinary ghosts, one cutoff plus
+        skin deep, suffice: no ghost neighbour lists, no redundant shell); before each
+        transformer block the ghosts' feature rows are refreshed from their owners by
+        ``data.forward_exchange``, and in the backward pass ``data.reverse_exchange`` adds the
+        ghosts' feature gradients to their owners. Every rank takes part in every exchange,
+        including ranks without atoms or pairs, so that the collective calls match."""
+        runtime = self._ensure_runtime(data)
+        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
+        nlist = int(data.nlistatoms)
+        device = runtime["device"]
+        if isinstance(data.rij, torch.Tensor):
+            device = data.rij.device
+        elems = _host(data.elems)[:ntotal]
+        species = self._species_of(elems)
+        pair_i = _host(data.pair_i)[:npairs].astype(np.int64) if npairs else np.zeros(0, dtype=np.int64)
+        local_pairs = np.flatnonzero(pair_i < nlocal)
+        if nlocal == 0 or nlist == 0 or local_pairs.size == 0:  # no work here, but the exchanges are collective
+            width = runtime["feature_width"]
+            dtype = getattr(torch, self.dtype)
+            for direction in (data.forward_exchange, data.reverse_exchange):
+                for _ in range(self.num_layers):
+                    buffer = torch.zeros((ntotal, width), dtype=dtype, device=device)
+                    direction(buffer, torch.empty_like(buffer), width)
+            iatoms = _host(data.iatoms)[:nlist].astype(np.int64) if nlist else np.zeros(0, dtype=np.int64)
+            e0 = np.asarray(runtime["e0"])[species[iatoms]] if nlist else np.zeros(0)
+            if nlist:
+                data.eatoms = np.ascontiguousarray(e0, dtype=np.float64)
+            data.energy = float(e0.sum())
+            return
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rij = data.rij
+        vectors_all = torch.as_tensor(_host(rij)[:npairs] if not isinstance(rij, torch.Tensor) else rij[:npairs],
+                                      dtype=torch.float64).to(device)
+        graph = self._exchange_graph(runtime, nlocal, ntotal, pair_i, _host(data.pair_j)[:npairs].astype(np.int64),
+                                     local_pairs, species, vectors_all, device)
+        vectors = vectors_all.index_select(0, graph["kept_edges"])
+
+        def exchange(h):
+            return _HaloExchange.apply(h, data)
+
+        out = runtime["forcefield"].pair_forward(graph["species"], graph["forest"], vectors, graph["plan"],
+                                                 energy_mask=graph["owned"], exchange=exchange)
+        gradients = torch.zeros((npairs, 3), dtype=torch.float64, device=device)
+        gradients.index_copy_(0, graph["kept_edges"], out["pair_gradients"])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        energy = float(out["energy"])
+        if not np.isfinite(energy):
+            _fail(FloatingPointError(f"{self.name} returned a non-finite energy; its weights may be damaged"))
+        data.update_pair_forces(np.ascontiguousarray(gradients.detach().cpu().numpy(), dtype=np.float64))
+        iatoms = _host(data.iatoms)[:nlist].astype(np.int64)
+        data.eatoms = np.ascontiguousarray(out["atom_energies"].detach().cpu().numpy()[iatoms], dtype=np.float64)
+        data.energy = energy
+
+    def _exchange_graph(self, runtime, nlocal, ntotal, pair_i, pair_j, local_pairs, species, vectors_all, device):
+        """All ``ntotal`` atoms as nodes (the exchange works on LAMMPS's atom order), the pairs
+        around owned atoms as edges: kept while the pair list is the same."""
+        key = ("exchange", nlocal, ntotal)
+        cached = runtime["graph"]
+        if (cached is not None and runtime["key"] == key and np.array_equal(cached["pair_i"], pair_i)
+                and np.array_equal(cached["pair_j"], pair_j) and np.array_equal(cached["species_all"], species)):
+            return cached
+        from ..conv import SpanningForest
+
+        kept_t = torch.as_tensor(local_pairs, device=device)
+        recv = torch.as_tensor(pair_i[local_pairs], device=device)
+        send = torch.as_tensor(pair_j[local_pairs], device=device)
+        vectors = vectors_all.index_select(0, kept_t)
+        forest = SpanningForest.build(recv, send, ntotal, vectors)
+        graph = {
+            "pair_i": pair_i.copy(), "pair_j": pair_j.copy(), "species_all": species.copy(),
+            "kept_edges": kept_t,
+            "species": torch.as_tensor(species, device=device),
+            "owned": torch.arange(ntotal, device=device) < nlocal,
+            "forest": forest,
+            "plan": runtime["forcefield"].pair_plan(forest, vectors),
+        }
+        runtime["graph"], runtime["key"] = graph, key
+        return graph
 
     # -- helpers ---------------------------------------------------------------------------------
     def _ensure_runtime(self, data):
@@ -286,7 +372,9 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
         lookup = np.full(len(ELEMENTS), -1, dtype=np.int64)  # ML-IAP element index (Z - 1) -> species
         for k, z in enumerate(model.atomic_numbers):
             lookup[z - 1] = k
+        config = model.config
         self._runtime = {"forcefield": ForceField(model), "device": device, "lookup": lookup,
+                         "feature_width": config.channels * (config.max_degree + 1) ** 2,
                          "e0": [float(e) for e in model.e0], "key": None, "graph": None, "shell_checked": None}
         return self._runtime
 
@@ -317,33 +405,35 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
         if self.check_ghost_shell and runtime["shell_checked"] != key and ntotal > nlocal:
             self._check_shell(nlocal, ntotal, receivers, senders, vectors_all)
             runtime["shell_checked"] = key
-        if self.prune:
-            near = _within_hops(receivers, senders, ntotal, nlocal, self.num_layers)  # hop <= num_layers
-            kept = np.flatnonzero(near[receivers])
-            nodes = np.zeros(ntotal, dtype=bool)
-            nodes[:nlocal] = True
-            nodes[senders[kept]] = True
-            nodes[receivers[kept]] = True
+        n_layers = self.num_layers
+        if self.prune:  # hop <= L + 1 nodes, numbered by hop (owned atoms, hop 0, keep 0..nlocal-1)
+            hops = _hop_distances(receivers, senders, ntotal, nlocal, n_layers + 1)
+            kept = np.flatnonzero(hops[receivers] <= n_layers)
+            order = np.flatnonzero(hops <= n_layers + 1)
+            order = order[np.argsort(hops[order], kind="stable")]
         else:
             kept = np.arange(receivers.size)
-            nodes = np.ones(ntotal, dtype=bool)
+            order = np.arange(ntotal)
         node_of = np.full(ntotal, -1, dtype=np.int64)
-        node_of[nodes] = np.arange(int(nodes.sum()))  # owned atoms keep their indices 0..nlocal-1
-        n_nodes = int(nodes.sum())
+        node_of[order] = np.arange(order.size)
+        n_nodes = int(order.size)
         kept_t = torch.as_tensor(kept, device=device)
         recv = torch.as_tensor(node_of[receivers[kept]], device=device)
         send = torch.as_tensor(node_of[senders[kept]], device=device)
         vectors = vectors_all.index_select(0, kept_t)
         forest = SpanningForest.build(recv, send, n_nodes, vectors)
         forcefield = runtime["forcefield"]
+        staged = self.prune and n_layers > 0
         graph = {
             "pair_i": pair_i.copy(), "pair_j": pair_j.copy(), "species_all": species.copy(),
             "kept_edges": None if kept.size == receivers.size else kept_t,
             "node_of": node_of,
-            "species": torch.as_tensor(species[nodes], device=device),
-            "owned": torch.arange(n_nodes, device=device) < nlocal,
+            "species": torch.as_tensor(species[order], device=device),
+            # with layer stages only the owned atoms' energies come out (all count)
+            "owned": None if staged else torch.arange(n_nodes, device=device) < nlocal,
             "forest": forest,
-            "plan": forcefield.pair_plan(forest, vectors),
+            "plan": None if staged else forcefield.pair_plan(forest, vectors),
+            "stages": forcefield.pair_stages(forest, vectors, hops[order]) if staged else None,
         }
         runtime["graph"], runtime["key"] = graph, key
         return graph
@@ -364,7 +454,7 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
             forest = SpanningForest.build(torch.as_tensor(receivers), torch.as_tensor(senders), ntotal, v)
             p = forest.node_coordinates(v).numpy()
             root = (forest.ancestors[-1] if forest.ancestors else forest.parent).cpu().numpy()
-        near = _within_hops(receivers, senders, ntotal, nlocal, self.num_layers)
+        near = _hop_distances(receivers, senders, ntotal, nlocal, self.num_layers) <= self.num_layers
         owned = np.zeros(ntotal, dtype=bool)
         owned[:nlocal] = True
         ghosts = ~owned
@@ -401,18 +491,46 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
                 f"check_ghost_shell=False.)"))
 
 
-def _within_hops(receivers: np.ndarray, senders: np.ndarray, n_nodes: int, n_owned: int, hops: int) -> np.ndarray:
-    """``[n_nodes]`` bool: nodes whose features reach an owned atom within ``hops`` message
-    passings (a receiver reads its senders)."""
-    reached = np.zeros(n_nodes, dtype=bool)
-    reached[:n_owned] = True
-    for _ in range(hops):
-        grown = reached.copy()
-        grown[senders[reached[receivers]]] = True
-        if np.array_equal(grown, reached):
+class _HaloExchange(torch.autograd.Function):
+    """``h [ntotal, C, D]`` with the ghost atoms' rows replaced by their owners' (LAMMPS's
+    ``forward_exchange``, over all ranks); backward: the ghosts' gradient rows added to their
+    owners' and zeroed (``reverse_exchange``, the transpose)."""
+
+    @staticmethod
+    def forward(ctx, h, data):
+        ctx.data = data
+        flat = h.detach().reshape(h.shape[0], -1).contiguous()
+        out = torch.empty_like(flat)
+        data.forward_exchange(flat, out, flat.shape[1])
+        return out.view_as(h)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        flat = grad.reshape(grad.shape[0], -1).contiguous()
+        out = torch.empty_like(flat)
+        ctx.data.reverse_exchange(flat, out, flat.shape[1])
+        return out.view_as(grad), None
+
+
+def _hop_distances(receivers: np.ndarray, senders: np.ndarray, n_nodes: int, n_owned: int,
+                   max_hops: int) -> np.ndarray:
+    """``[n_nodes]`` int64: in how many message passings each node's features reach an owned
+    atom (a receiver reads its senders; owned atoms 0..n_owned-1 are hop 0); ``max_hops + 1``
+    for the nodes farther away."""
+    hops = np.full(n_nodes, max_hops + 1, dtype=np.int64)
+    hops[:n_owned] = 0
+    frontier = np.zeros(n_nodes, dtype=bool)
+    frontier[:n_owned] = True
+    for hop in range(1, max_hops + 1):
+        reached = senders[frontier[receivers]]
+        reached = reached[hops[reached] > hop]
+        if reached.size == 0:
             break
-        reached = grown
-    return reached
+        hops[reached] = hop
+        frontier[:] = False
+        frontier[reached] = True
+    return hops
 
 
 def _host(array) -> np.ndarray:

@@ -12,6 +12,7 @@ from .attention import EquivariantAttention
 from .config import E2FormerConfig
 from .layers import EquivariantRMSNorm, GatedFeedForward
 from .radial import BesselBasis, RadialNetwork, polynomial_envelope
+from .stages import LayerStages
 
 
 class EdgeDegreeEmbedding(nn.Module):
@@ -48,8 +49,12 @@ class TransformerBlock(nn.Module):
         self.feedforward_norm = EquivariantRMSNorm(config.max_degree, config.channels)
         self.feedforward = GatedFeedForward(config.max_degree, config.channels, config.feedforward_channels)
 
-    def forward(self, h, graph, plan, basis, species_i, species_j, envelope):
+    def forward(self, h, graph, plan, basis, species_i, species_j, envelope, keep: int | None = None):
+        """``[N, C, D] -> [N, C, D]``, or ``[keep, C, D]``: only the first ``keep`` nodes' output
+        (the attention still reads all ``N``)."""
         h = h + self.attention(self.attention_norm(h), graph, plan, basis, species_i, species_j, envelope)
+        if keep is not None:
+            h = h[:keep]
         return h + self.feedforward(self.feedforward_norm(h))
 
 
@@ -74,6 +79,12 @@ class E2Former(nn.Module):
         graph: :class:`~e2former_calc.conv.ConvGraph` (float64 positions and edge vectors).
         plan: the graph's :class:`~e2former_calc.conv.ConvPlan` from :meth:`plan` (made on the
             spot when None; keep it while the neighbour list holds).
+        stages: :class:`~e2former_calc.model.stages.LayerStages`: evaluate each stage only on
+            the nodes the energies of the first ``stages.nodes[-1]`` atoms need (``plan`` is
+            then unused); the result has those ``nodes[-1]`` energies only.
+        exchange: a function ``[N, C, D] -> [N, C, D]`` applied to the features before each
+            block (a halo exchange: an engine that splits the atoms over processes refreshes its
+            ghost atoms' rows from their owners; it must be differentiable).
 
     Returns:
         ``[N]`` per-atom energies, float64 (the network runs in its parameters' dtype; the
@@ -116,18 +127,31 @@ class E2Former(nn.Module):
             return None
         return self.blocks[0].attention.convolution.plan(graph, self.dtype, self.config.cutoff)
 
-    def forward(self, species: torch.Tensor, graph: ConvGraph, plan: ConvPlan | None = None) -> torch.Tensor:
+    def forward(self, species: torch.Tensor, graph: ConvGraph, plan: ConvPlan | None = None,
+                stages: LayerStages | None = None, exchange=None) -> torch.Tensor:
         dtype = self.dtype
-        if plan is None:
-            plan = self.plan(graph)
         lengths = graph.lengths.to(dtype)
         basis = self.basis(lengths)
         envelope = polynomial_envelope(lengths, self.config.cutoff, self.config.envelope_exponent)
         features = self.species_features(species)
-        species_i, species_j = features[graph.receivers], features[graph.senders]
-        h = self.embedding(species, graph, basis, species_i, species_j, envelope)
-        for block in self.blocks:
-            h = block(h, graph, plan, basis, species_i, species_j, envelope)
+        edge_inputs = (basis, features[graph.receivers], features[graph.senders], envelope)
+        if stages is None:
+            if plan is None:
+                plan = self.plan(graph)
+            h = self.embedding(species, graph, *edge_inputs)
+            for block in self.blocks:
+                if exchange is not None:
+                    h = exchange(h)
+                h = block(h, graph, plan, *edge_inputs)
+        else:
+            graphs = stages.graphs(graph)
+            inputs = [[t.index_select(0, e) for t in edge_inputs] for e in stages.edges]
+            h = self.embedding(species, graphs[0], *inputs[0])[: stages.nodes[0]]
+            for k, block in enumerate(self.blocks, start=1):
+                if exchange is not None:
+                    h = exchange(h)
+                h = block(h, graphs[k], stages.plans[k - 1], *inputs[k], keep=stages.nodes[k])
+        species = species[: h.shape[0]]
         readout = self.readout(self.readout_norm(h)[:, :, 0]).squeeze(-1)  # [N]
         relative = readout.double() - self.isolated_atom_readout().double().index_select(0, species)
         e0 = torch.tensor(self.e0, dtype=torch.float64, device=species.device)
