@@ -5,16 +5,20 @@ The only work the Wigner 6j convolution does per edge is
     out[t, c, :] = sum_{e : target[e] = t}  w[e, c] * values[source[e], c, :]
 
 For every channel this is a sparse matrix (targets x sources, one entry per edge) times a dense
-one. :class:`EdgeAggregation` lays the channels out block-diagonally, row ``t*C + c`` and
-column ``s*C + c``, so that one CSR sparse-dense product (``torch.sparse``; MKL on CPU,
-cuSPARSE on GPU) does it all in ``values``' natural ``[n, C, K]`` layout, without materialising
-``[E, C, K]`` messages: on a CPU it is about 9x faster than gather / multiply / ``index_add_``.
+one. Laid out block-diagonally (row ``t*C + c``, column ``s*C + c``) one CSR sparse-dense product
+(``torch.sparse``; MKL on CPU, cuSPARSE on GPU) does all channels in ``values``' natural
+``[n, C, K]`` layout without materialising ``[E, C, K]`` messages, but its index arrays have
+``E * C`` entries. :class:`EdgeAggregation` (the default) takes the channels in groups of ``G``
+per product (:data:`GROUP_ENTRIES`, :data:`MIN_GROUP`): every group of one size shares one
+pattern, so its index arrays have ``O(G E)`` entries; :class:`BlockCSRAggregation`, all channels
+in one product, is kept as the reference.
 
 Derivatives: ``d values = A(w)^T @ d out`` is the same product with the transposed structure,
 and ``d w[e, c] = <values[source[e], c], d out[target[e], c]>`` is a sampled dense-dense product
-on the pattern of ``A`` (:meth:`EdgeAggregation.edge_inner`). The derivatives of these two
-operations are again these two operations, so gradients of any order work (forces, and the
-gradient of a force loss).
+on the pattern of ``A`` (:meth:`EdgeAggregation.edge_inner`). These are the three faces of one
+trilinear form, and the derivatives of each face are again faces of it, so gradients of any
+order work (forces, and the gradient of a force loss). :class:`EdgeSum` is the same for per-edge
+values shared by all channels (the edge-degree embedding's spherical harmonics).
 
 :func:`scatter_sum` (plain sums over an index, used by the edge-wise reference and the model)
 runs on native torch (``index_add``) or, when it is installed, on torch-scatter;
@@ -70,6 +74,362 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     return src.new_zeros((dim_size,) + src.shape[1:]).index_add(0, index, src)
 
 
+#: The lean edge stage takes the channels in groups of ``G`` per sparse product:
+#: ``G = clamp(GROUP_ENTRIES // E, MIN_GROUP, C)``. A small graph needs one product per operation
+#: (``G = C``); a large one keeps index arrays of ``O(G E)``, never ``O(C E)``.
+GROUP_ENTRIES = 2**20
+#: Smallest group. Smaller groups hold smaller index arrays (about ``24 G`` bytes per edge) but
+#: read ``values`` and the weights in shorter contiguous runs: on this project's CPU (emt-cu, 4,000
+#: atoms, ``C = 24``, energy+forces) ``G = 6`` cost 4% more time than one group, ``G = 8`` 0.6%.
+MIN_GROUP = 8
+
+# the three slots of a trilinear edge form, in the order its operands are passed
+_SLOTS = ("edge", "source", "target")
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _sorted_order(keys: torch.Tensor) -> torch.Tensor | None:
+    """A stable permutation that sorts ``keys``; None when they are sorted already."""
+    if keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all()):
+        return None
+    return torch.argsort(keys, stable=True)
+
+
+def _index_dtype(largest: int) -> torch.dtype:
+    return torch.int32 if largest < 2**31 - 1 else torch.int64
+
+
+class _Rows:
+    """Entries sorted by row (``rows`` non-decreasing, ``n_rows`` rows) laid out for a group of
+    ``G`` channels: CSR row ``r * G + c`` holds the entries of row ``r`` for channel ``c``."""
+
+    def __init__(self, rows: torch.Tensor, n_rows: int):
+        self.rows, self.n_rows = rows, n_rows
+        self.counts = torch.bincount(rows, minlength=n_rows) if rows.numel() else rows.new_zeros(n_rows)
+        self.start = torch.cumsum(self.counts, 0) - self.counts
+
+    def positions(self, group: int) -> torch.Tensor:
+        """``[n, G]`` int64: position of (entry, channel) among the stored values."""
+        channel = torch.arange(group, device=self.rows.device)
+        start = self.start.index_select(0, self.rows)
+        first = start * (group - 1) + torch.arange(self.rows.shape[0], device=self.rows.device)  # start*G + rank
+        return first[:, None] + channel[None, :] * self.counts.index_select(0, self.rows)[:, None]
+
+    def row_pointers(self, group: int, dtype) -> torch.Tensor:
+        """``[n_rows * G + 1]``."""
+        crow = torch.zeros(self.n_rows * group + 1, dtype=torch.int64, device=self.rows.device)
+        crow[1:] = torch.cumsum(self.counts.repeat_interleave(group), 0)
+        return crow.to(dtype)
+
+
+class _LeanEdgeForm:
+    """Common part of :class:`EdgeAggregation` and :class:`EdgeSum`: a trilinear form over the
+    edges whose sparse products use index arrays of ``O(G E)``.
+
+    Tensors keep their natural layout (``[rows, C, K]``); per-edge tensors are in *canonical*
+    order: the edges stably sorted by target (the given order when it is sorted already, as
+    neighbour lists are). Channels go in groups of ``G`` (:data:`GROUP_ENTRIES`). The sparse
+    matrix of the group that starts at channel ``c0`` has rows ``t*G + c`` and columns
+    ``s*C + c``, and multiplies the dense rows ``values.view(-1, K)[c0:]``: every group of one
+    size shares one pattern (column indices and the positions of its ``G * E`` values in the
+    ``[E, C]`` weights, which one ``index_select`` gathers per product), and no index array has
+    ``C * E`` entries unless ``G = C``. Derivatives are the other two faces of the same form
+    (:class:`_Trilinear`), so gradients of any order work.
+    """
+
+    def __init__(self, targets: torch.Tensor, n_targets: int, channels: int):
+        targets = targets.long()
+        if targets.ndim != 1:
+            raise ValueError(f"targets must be a 1-d index array, got shape {tuple(targets.shape)}")
+        self.n_edges, self.n_targets, self.channels = targets.shape[0], int(n_targets), int(channels)
+        self.device = targets.device
+        self.order = _sorted_order(targets)  # canonical position -> given edge
+        if self.order is None:
+            self.inverse_order = None
+            self.canonical_targets = targets
+        else:
+            self.inverse_order = torch.empty_like(self.order)
+            self.inverse_order[self.order] = torch.arange(self.n_edges, device=self.device)
+            self.canonical_targets = targets.index_select(0, self.order)
+        self.target_entries = _Rows(self.canonical_targets, self.n_targets)
+        self.group_size = max(1, min(self.channels, max(MIN_GROUP, GROUP_ENTRIES // max(self.n_edges, 1))))
+        self._patterns = {}
+        self._zeros = {}
+
+    def _build_patterns(self) -> None:
+        if self.n_edges:
+            for _, n in self.groups():
+                for kind in ("target", "source"):
+                    self._pattern(kind, n)
+
+    # -- layout conversions (ordinary differentiable torch operations) --------------------------
+    def _to_canonical(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.order is None else x.index_select(0, self.order)
+
+    def _from_canonical(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.order is None else x.index_select(0, self.inverse_order)
+
+    def _check_weights(self, weights: torch.Tensor) -> None:
+        if weights.shape != (self.n_edges, self.channels):
+            raise ValueError(f"weights must have shape {(self.n_edges, self.channels)}, got {tuple(weights.shape)}")
+
+    # -- structure ------------------------------------------------------------------------------
+    def groups(self) -> list[tuple[int, int]]:
+        """``(first channel, size)`` of each sparse product: near-equal sizes, at most
+        ``group_size`` (fixed at construction from :data:`GROUP_ENTRIES` and :data:`MIN_GROUP`)."""
+        n_groups = -(-self.channels // self.group_size)
+        size = -(-self.channels // n_groups)
+        return [(start, min(size, self.channels - start)) for start in range(0, self.channels, size)]
+
+    def index_bytes(self) -> int:
+        """Bytes held by the index arrays and cached patterns."""
+        seen, total = set(), 0
+        tensors = [t for p in self._patterns.values() for t in p.values()] + list(self._zeros.values())
+        tensors += [t for t in vars(self).values() if isinstance(t, torch.Tensor)]
+        tensors += [t for rows in vars(self).values() if isinstance(rows, _Rows) for t in vars(rows).values()
+                    if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.untyped_storage().nbytes()
+        return total
+
+    def _pattern(self, kind: str, group: int) -> dict:
+        key = (kind, group)
+        if key not in self._patterns:
+            self._patterns[key] = self._build_pattern(kind, group)
+        return self._patterns[key]
+
+    def _grouped(self, rows: _Rows, group: int, edges: torch.Tensor, columns: torch.Tensor, per_channel: bool,
+                 n_rows: int, scatter: bool) -> dict:
+        """The pattern of entries ``rows`` (of canonical edges ``edges``, in that order) for a group
+        of channels: ``columns[p] (+ c if per_channel)`` the column of entry ``p`` and channel ``c``,
+        ``gather`` the position of each stored value in the ``[E, C]`` weights, ``scatter`` the
+        position of (entry, channel) among the stored values. Built in the stored order (no
+        scattered writes)."""
+        E, C = self.n_edges, self.channels
+        largest = max(E * C, n_rows * group, int(columns.max()) + group if E else 0)
+        dtype = _index_dtype(largest + 1)
+        counts = rows.counts.repeat_interleave(group)  # entries of CSR row r*G + c
+        crow = torch.zeros(n_rows * group + 1, dtype=torch.int64, device=self.device)
+        crow[1:] = torch.cumsum(counts, 0)
+        row = torch.repeat_interleave(torch.arange(n_rows * group, device=self.device), counts)  # of each stored value
+        channel = row % group
+        entry = rows.start.index_select(0, row // group) + torch.arange(E * group, device=self.device) - crow.index_select(0, row)
+        gather = edges.index_select(0, entry) * C + channel
+        col = columns.index_select(0, entry) + channel if per_channel else columns.index_select(0, entry)
+        out = {"crow": crow.to(dtype), "col": col.to(dtype), "gather": gather.to(dtype)}
+        if scatter:
+            out["scatter"] = rows.positions(group).reshape(-1).to(dtype)
+        return out
+
+    def _zero_values(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        key = (n, dtype)
+        if key not in self._zeros:
+            self._zeros[key] = torch.zeros(n, dtype=dtype, device=self.device)
+        return self._zeros[key]
+
+    def _products(self, kind: str, flat_weights: torch.Tensor, dense2d: torch.Tensor, n_out: int, dense_per_channel: bool,
+                  out: torch.Tensor) -> torch.Tensor:
+        """``out [n_out, C, K]`` = the products of every group (``dense2d``: ``[n * C, K]`` rows
+        ``r*C + c`` if ``dense_per_channel``, else ``[n, K]`` shared by the channels)."""
+        C, K = self.channels, out.shape[-1]
+        groups = self.groups()
+        for start, n in groups:
+            p = self._pattern(kind, n)
+            dense = dense2d[start:] if dense_per_channel else dense2d
+            matrix = _csr(p["crow"], p["col"], flat_weights[start:].index_select(0, p["gather"]),
+                          (n_out * n, dense.shape[0]))
+            if len(groups) == 1:  # out=: no zero-fill and copy of the result
+                torch.mm(matrix, dense, out=out.view(n_out * C, K))
+            else:
+                out[:, start : start + n].copy_(torch.mm(matrix, dense).view(n_out, n, K))
+        return out
+
+
+class EdgeAggregation(_LeanEdgeForm):
+    """The sparse structure of one graph's edge stage, built once and shared by every layer.
+
+    ``out[t, c, :] = sum_{e: target[e] = t} w[e, c] * values[source[e], c, :]`` and the
+    sampled product :meth:`edge_inner`, with index arrays of ``O(G E)`` (``G`` channels per
+    sparse product, :data:`GROUP_ENTRIES`) and no ``[E, C, K]`` tensor in the forward or
+    backward pass: per group of channels one CSR sparse x dense product (MKL on CPU, cuSPARSE on
+    GPU) reading ``values`` in its natural ``[n, C, K]`` layout. :class:`BlockCSRAggregation` is
+    the former form (all channels in one product, ``E * C`` stored indices), kept as the
+    reference.
+
+    Args:
+        sources: ``[E]`` row of ``values`` that each edge reads.
+        targets: ``[E]`` output row that each edge adds to.
+        n_sources, n_targets: numbers of rows of ``values`` and of the output.
+        channels: ``C``; weights are ``[E, C]``.
+    """
+
+    def __init__(self, sources: torch.Tensor, targets: torch.Tensor, n_sources: int, n_targets: int, channels: int):
+        if sources.shape != targets.shape:
+            raise ValueError(f"sources and targets must have one entry per edge, got {tuple(sources.shape)} and "
+                             f"{tuple(targets.shape)}")
+        super().__init__(targets, n_targets, channels)
+        self.n_sources = int(n_sources)
+        self.canonical_sources = self._to_canonical(sources.long())
+        order = _sorted_order(self.canonical_sources)  # the transposed pattern: entries by source
+        self.source_order = torch.arange(self.n_edges, device=self.device) if order is None else order
+        self.source_entries = _Rows(self.canonical_sources.index_select(0, self.source_order), self.n_sources)
+        self._build_patterns()
+
+    def __call__(self, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``out[t, c, :] = sum_{e: t} weights[e, c] values[source[e], c, :]``.
+
+        Args:
+            values: ``[n_sources, C, K]``.
+            weights: ``[E, C]``.
+
+        Returns:
+            ``[n_targets, C, K]``, differentiable to any order in both inputs.
+        """
+        self._check_weights(weights)
+        return _Trilinear.apply(self, "target", self._to_canonical(weights), values)
+
+    def edge_inner(self, values: torch.Tensor, target_values: torch.Tensor) -> torch.Tensor:
+        """``out[e, c] = <values[source[e], c, :], target_values[target[e], c, :]>``: ``[E, C]``."""
+        return self._from_canonical(_Trilinear.apply(self, "edge", values, target_values))
+
+    def _build_pattern(self, kind, group):
+        C = self.channels
+        if kind == "target":  # rows t*G + c, columns s*C + c
+            edges = torch.arange(self.n_edges, device=self.device)
+            return self._grouped(self.target_entries, group, edges, self.canonical_sources * C, True, self.n_targets, True)
+        # "source": rows s*G + c, columns t*C + c, entries in source order
+        edges = self.source_order
+        return self._grouped(self.source_entries, group, edges, self.canonical_targets.index_select(0, edges) * C, True,
+                             self.n_sources, False)
+
+    def face(self, face: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One face of ``sum_{e, c, k} a[e, c] v[s(e), c, k] g[t(e), c, k]`` from the other two
+        slots (edges canonical): ``"target"`` (a, v) -> g ``[T, C, K]``, ``"source"`` (a, g) -> v
+        ``[U, C, K]``, ``"edge"`` (v, g) -> a ``[E, C]``."""
+        C, E, T, U = self.channels, self.n_edges, self.n_targets, self.n_sources
+        if face == "edge":
+            v, g = x.contiguous(), y.contiguous()
+            K = v.shape[-1]
+            out = v.new_empty(E, C)
+            if E == 0:
+                return out
+            groups = self.groups()
+            v2d = v.view(U * C, K)
+            for start, n in groups:
+                p = self._pattern("target", n)
+                rows = g.view(T * C, K) if len(groups) == 1 else g[:, start : start + n].reshape(T * n, K)
+                pattern = _csr(p["crow"], p["col"], self._zero_values(n * E, v.dtype), (T * n, U * C - start))
+                sampled = torch.sparse.sampled_addmm(pattern, rows, v2d[start:].t(), beta=0.0).values()
+                out[:, start : start + n] = sampled.index_select(0, p["scatter"]).view(E, n)
+            return out
+        a, dense = x.contiguous(), y.contiguous()
+        kind, n_in, n_out = ("target", U, T) if face == "target" else ("source", T, U)
+        K = dense.shape[-1]
+        out = dense.new_empty(n_out, C, K)
+        if E == 0:
+            return out.zero_()
+        return self._products(kind, a.view(-1), dense.view(n_in * C, K), n_out, True, out)
+
+
+class EdgeSum(_LeanEdgeForm):
+    """``out[t, c, :] = sum_{e: target[e] = t} w[e, c] * edge_values[e, :]``: a per-channel weighted
+    sum of per-edge values that all channels share (e.g. the spherical harmonics of the bond),
+    without the ``[E, C, K]`` products, with index arrays of ``O(G E)`` and derivatives of any
+    order.
+
+    Args:
+        targets: ``[E]`` output row of each edge.
+        n_targets: rows of the output.
+        channels: ``C``; weights are ``[E, C]``.
+    """
+
+    def __init__(self, targets: torch.Tensor, n_targets: int, channels: int):
+        super().__init__(targets, n_targets, channels)
+        # made for one call (the edge-degree embedding): its patterns, not ``E * C`` messages, are
+        # what the call holds, so the groups stay small whatever the size of the graph
+        self.group_size = max(1, min(self.channels, MIN_GROUP))
+        self._build_patterns()
+
+    def __call__(self, weights: torch.Tensor, edge_values: torch.Tensor) -> torch.Tensor:
+        """``weights [E, C]``, ``edge_values [E, K]`` -> ``[n_targets, C, K]``."""
+        self._check_weights(weights)
+        if edge_values.ndim != 2 or edge_values.shape[0] != self.n_edges:
+            raise ValueError(f"edge_values must have shape [{self.n_edges}, K], got {tuple(edge_values.shape)}")
+        return _Trilinear.apply(self, "target", self._to_canonical(weights), self._to_canonical(edge_values))
+
+    def _build_pattern(self, kind, group):
+        E, C = self.n_edges, self.channels
+        edges = torch.arange(E, device=self.device)
+        if kind == "target":  # [T*G, E]: rows t*G + c, column = the edge (its values serve every c)
+            return self._grouped(self.target_entries, group, edges, edges, False, self.n_targets, False)
+        # "source", the transpose [E, T*C]: row e holds t(e)*C + c for the group's channels
+        dtype = _index_dtype(max(E * group, self.n_targets * C) + 1)
+        channel = torch.arange(group, device=self.device)
+        return {"crow": torch.arange(0, group * E + 1, group, device=self.device).to(dtype),
+                "col": (self.canonical_targets[:, None] * C + channel).reshape(-1).to(dtype)}
+
+    def face(self, face: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One face of ``sum_{e, c, k} a[e, c] y[e, k] g[t(e), c, k]`` (edges canonical):
+        ``"target"`` (a, y) -> g ``[T, C, K]``, ``"source"`` (a, g) -> y ``[E, K]``, ``"edge"``
+        (y, g) -> a ``[E, C]``."""
+        C, E, T = self.channels, self.n_edges, self.n_targets
+        if face == "target":
+            a, y = x.contiguous(), y.contiguous()
+            out = y.new_empty(T, C, y.shape[-1])
+            if E == 0:
+                return out.zero_()
+            return self._products("target", a.view(-1), y, T, False, out)
+        first, g = x.contiguous(), y.contiguous()  # a (source face) or y (edge face); g
+        K = g.shape[-1]
+        out = first.new_zeros(E, K if face == "source" else C)
+        if E == 0:
+            return out
+        g2d = g.view(T * C, K)
+        for start, n in self.groups():
+            p = self._pattern("source", n)
+            shape = (E, T * C - start)
+            if face == "source":  # out[e] += sum_c a[e, c] g[t(e), c]
+                out.addmm_(_csr(p["crow"], p["col"], first[:, start : start + n].contiguous().view(-1), shape), g2d[start:])
+            else:  # out[e, c] = <y[e], g[t(e), c]>
+                pattern = _csr(p["crow"], p["col"], self._zero_values(n * E, first.dtype), shape)
+                out[:, start : start + n] = torch.sparse.sampled_addmm(pattern, first, g2d[start:].t(), beta=0.0).values().view(E, n)
+        return out
+
+
+class _Trilinear(torch.autograd.Function):
+    """A face of a trilinear edge form ``F(a, v, g)``: the slot ``face`` from the other two.
+
+    The derivative of face ``X`` by the operand in slot ``Y``, applied to the incoming gradient
+    ``G``, is face ``Y`` evaluated with ``G`` in slot ``X``: the same function again, so every
+    order of derivative is available.
+    """
+
+    @staticmethod
+    def forward(ctx, form, face, x, y):
+        ctx.save_for_backward(x, y)
+        ctx.form, ctx.face = form, face
+        return form.face(face, x, y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        slots = [slot for slot in _SLOTS if slot != ctx.face]
+        operands = {ctx.face: grad, slots[0]: x, slots[1]: y}
+        grads = [
+            _Trilinear.apply(ctx.form, slot, *(operands[s] for s in _SLOTS if s != slot))
+            if ctx.needs_input_grad[2 + n] else None
+            for n, slot in enumerate(slots)
+        ]
+        return None, None, *grads
+
+
 class _BlockCSR:
     """CSR pattern of ``A[t*C + c, s*C + c] = w[e, c]`` over edges ``e = (t <- s)``.
 
@@ -120,8 +480,11 @@ class _BlockCSR:
             )
 
 
-class EdgeAggregation:
-    """The sparse structure of one graph's edge stage, built once and shared by every layer.
+class BlockCSRAggregation:
+    """The reference form of :class:`EdgeAggregation`: the channels laid out block-diagonally
+    (row ``t*C + c``, column ``s*C + c``), one CSR product for all of them, with ``E * C`` stored
+    column indices and value positions. Same interface and numbers (to rounding); kept for tests
+    and comparisons.
 
     Args:
         sources: ``[E]`` row of ``values`` that each edge reads.

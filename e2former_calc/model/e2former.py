@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conv import ConvGraph, ConvPlan, scatter_sum
+from ..conv import ConvGraph, ConvPlan
+from ..conv.aggregation import EdgeSum
 from ..so3 import spherical_harmonics
 from .attention import EquivariantAttention
 from .config import E2FormerConfig
@@ -17,7 +18,12 @@ from .stages import LayerStages
 
 class EdgeDegreeEmbedding(nn.Module):
     """Initial features: species embedding on ``l = 0`` plus, for every ``l``,
-    ``sum_j phi_l,c(|r_ij|, Z_i, Z_j) u(|r_ij|) Y_l(r_ij) / average_neighbours``."""
+    ``sum_j phi_l,c(|r_ij|, Z_i, Z_j) u(|r_ij|) Y_l(r_ij) / average_neighbours``.
+
+    Each degree is one :class:`~e2former_calc.conv.aggregation.EdgeSum` (per-edge weights
+    ``phi_l u`` ``[E, C]``, per-edge values ``Y_l`` ``[E, 2l+1]`` shared by the channels): no
+    ``[E, C, (L_max+1)^2]`` message tensor, in the forward or the backward pass.
+    """
 
     def __init__(self, config: E2FormerConfig, num_species: int):
         super().__init__()
@@ -28,14 +34,17 @@ class EdgeDegreeEmbedding(nn.Module):
             config.radial_basis, config.species_features, config.radial_hidden, (config.max_degree + 1) * config.channels
         )
 
-    def forward(self, species, graph: ConvGraph, basis, species_i, species_j, envelope):
+    def forward(self, species, graph: ConvGraph, basis, species_i, species_j, envelope, edge_sum: EdgeSum | None = None):
+        """``edge_sum``: the graph's :class:`~e2former_calc.conv.aggregation.EdgeSum` over its
+        receivers with ``C`` channels (made on the spot when None; it is cheap, ``O(E)``)."""
         dtype = basis.dtype
         phi = self.radial(basis, species_i, species_j).view(graph.n_edges, self.max_degree + 1, self.channels)
         phi = phi * envelope[:, None, None]
         vectors = graph.vectors.to(dtype)
-        blocks = [phi[:, l, :, None] * spherical_harmonics(l, vectors)[:, None, :] for l in range(self.max_degree + 1)]
-        messages = torch.cat(blocks, dim=-1)  # [E, C, D]
-        h = scatter_sum(messages, graph.receivers, graph.n_nodes) / self.average_neighbours
+        if edge_sum is None:
+            edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)
+        blocks = [edge_sum(phi[:, l, :], spherical_harmonics(l, vectors)) for l in range(self.max_degree + 1)]
+        h = torch.cat(blocks, dim=-1) / self.average_neighbours  # [N, C, D]
         return torch.cat([h[:, :, :1] + self.species(species)[:, :, None], h[:, :, 1:]], dim=-1)
 
 

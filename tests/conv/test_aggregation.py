@@ -1,19 +1,20 @@
-"""The edge stage: block-diagonal sparse products with derivatives of any order."""
+"""The edge stage, lean (default) and block-CSR (reference) forms: sums over edges with derivatives of
+any order. tests/conv/test_lean_aggregation.py compares the two forms to 1e-12."""
 
 import pytest
 import torch
 
 from e2former_calc.conv import aggregation
-from e2former_calc.conv.aggregation import EdgeAggregation
+from e2former_calc.conv.aggregation import BlockCSRAggregation, EdgeAggregation
 
 
-def _case(seed=0, n_sources=5, n_targets=4, n_edges=11, channels=3, width=2):
+def _case(seed=0, n_sources=5, n_targets=4, n_edges=11, channels=3, width=2, form=EdgeAggregation):
     gen = torch.Generator().manual_seed(seed)
     values = torch.randn(n_sources, channels, width, generator=gen, dtype=torch.float64)
     weights = torch.randn(n_edges, channels, generator=gen, dtype=torch.float64)
     sources = torch.randint(0, n_sources, (n_edges,), generator=gen)
     targets = torch.randint(0, n_targets, (n_edges,), generator=gen)
-    plan = EdgeAggregation(sources, targets, n_sources, n_targets, channels)
+    plan = form(sources, targets, n_sources, n_targets, channels)
     return values, weights, sources, targets, plan
 
 
@@ -49,6 +50,31 @@ def test_no_edges_and_targets_without_edges():
     out = plan(values, weights)
     lonely = sorted(set(range(9)) - set(targets.tolist()))
     assert lonely and torch.equal(out[lonely], torch.zeros_like(out[lonely]))
+
+
+def test_block_csr_reference_matches_the_edge_by_edge_sum_with_derivatives():
+    """The reference form (own random numbers: the global generator is left as it was)."""
+    gen = torch.Generator().manual_seed(5)
+    values, weights, sources, targets, plan = _case(seed=5, form=BlockCSRAggregation)
+    sources[1], targets[1] = sources[0], targets[0]
+    plan = BlockCSRAggregation(sources, targets, 5, 4, 3)
+    other = torch.randn(4, 3, 2, generator=gen, dtype=torch.float64)
+    dense = torch.zeros(4, 3, 2, dtype=torch.float64)
+    inner = torch.zeros(len(sources), 3, dtype=torch.float64)
+    for e in range(len(sources)):
+        dense[targets[e]] += weights[e, :, None] * values[sources[e]]
+        inner[e] = (values[sources[e]] * other[targets[e]]).sum(-1)
+    assert torch.allclose(plan(values, weights), dense, atol=1e-14)
+    assert torch.allclose(plan.edge_inner(values, other), inner, atol=1e-14)
+    values.requires_grad_(True)
+    weights.requires_grad_(True)
+    other.requires_grad_(True)
+    assert torch.autograd.gradcheck(plan, (values, weights))
+    assert torch.autograd.gradgradcheck(plan, (values, weights))
+    assert torch.autograd.gradcheck(plan.edge_inner, (values, other))
+    assert torch.autograd.gradgradcheck(plan.edge_inner, (values, other))
+    empty = BlockCSRAggregation(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 2, 3, 4)
+    assert torch.equal(empty(torch.ones(2, 4, 5), torch.ones(0, 4)), torch.zeros(3, 4, 5))
 
 
 def test_scatter_sum_backends_give_identical_numbers():
