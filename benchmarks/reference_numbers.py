@@ -64,7 +64,8 @@ def training_step(energy_weight: float) -> dict:
     counts = {"structures": 4, "atoms": sum(s.n_atoms for s in batch), "stress": sum(s.stress is not None for s in batch)}
     loss = trainer._loss(batch, counts)
     loss.backward()
-    return {"loss": float(loss.detach()), "grad": torch.cat([p.grad.flatten() for p in trainer.model.parameters()]).numpy()}
+    grads = {f"grad/{name}": p.grad.numpy().copy() for name, p in trainer.model.named_parameters()}
+    return {"loss": float(loss.detach()), **grads}
 
 
 def write(path) -> None:
@@ -93,9 +94,14 @@ def compare(a_path, b_path) -> float:
     worst = 0.0
     print("| quantity | max rel. difference |\n|---|---|")
     for key in a.files:
+        if key not in b.files or a[key].shape != b[key].shape:
+            print(f"| {key} | only in {a_path} |" if key not in b.files else f"| {key} | shapes differ |")
+            continue
         difference = float(np.abs(a[key] - b[key]).max() / max(1.0, float(np.abs(a[key]).max())))
         worst = max(worst, difference)
         print(f"| {key} | {difference:.1e} |")
+    for key in sorted(set(b.files) - set(a.files)):
+        print(f"| {key} | only in {b_path} |")
     print(f"largest: {worst:.1e}")
     return worst
 

@@ -3,7 +3,7 @@
 A file is ``torch.save`` of a plain dictionary of numbers, strings, lists and tensors::
 
     format          "e2former-calc-potential"
-    format_version  2
+    format_version  3
     config          E2FormerConfig.to_dict()
     atomic_numbers  species of the model, in order
     e0              energy of an isolated atom of each species (eV)
@@ -15,10 +15,14 @@ A file is ``torch.save`` of a plain dictionary of numbers, strings, lists and te
 :func:`load_model` reads it with ``torch.load(..., weights_only=True)``, which refuses pickled
 code; a truncated, corrupted or foreign file raises :class:`ModelFileError` saying so.
 
-Format 1 (before the model's readout was made relative to the isolated atom, so that a lone atom
-gets exactly E0) is read too: its models computed ``R(h_i) * energy_scale + e0``, which is the
-present model with ``e0 + energy_scale * R(h_iso)``; :func:`load_model` converts the E0s so, in
-float64, and every energy stays what it was (to rounding).
+Older formats are read too, every energy staying what it was (to rounding):
+
+- format 2 has an output bias in the readout (``readout.2.bias``), which cancels exactly in
+  ``R(h_i) - R(h_iso)``; format 3 dropped it, and :func:`load_model` drops it from older files;
+- format 1 (before the readout was made relative to the isolated atom, so that a lone atom gets
+  exactly E0): its models computed ``R(h_i) * energy_scale + e0``, which is the present model
+  with ``e0 + energy_scale * R(h_iso)`` (the old ``R`` with its bias); :func:`load_model`
+  converts the E0s so, in float64.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from . import __version__
 from .model import E2Former, E2FormerConfig
 
 FORMAT = "e2former-calc-potential"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: the readout's output bias of format 1 and 2 files: it has no effect in format 2 (it cancels)
+OLD_READOUT_BIAS = "readout.2.bias"
 
 
 class ModelFileError(ValueError):
@@ -121,12 +127,16 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[E2
     content = read_model_file(path)
     try:
         config = E2FormerConfig.from_dict(content["config"])
-        model = E2Former(config, content["atomic_numbers"], content["e0"])
-        model.load_state_dict(content["state_dict"])
+        state = dict(content["state_dict"])
+        stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float64)
+        # in the stored precision before loading: a float64 file's weights are not rounded to float32
+        model = E2Former(config, content["atomic_numbers"], content["e0"]).to(stored)
+        bias = state.pop(OLD_READOUT_BIAS, None) if content["format_version"] < 3 else None
+        model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: the weights do not fit the stated hyper-parameters ({error})") from None
     if content["format_version"] == 1:
-        model = _isolated_atom_e0(model.double())
+        model = _isolated_atom_e0(model.double(), 0.0 if bias is None else float(bias.double().sum()))
     dtype = dtype or {"float32": torch.float32, "float64": torch.float64}[content["dtype"]]
     model = model.to(device=device, dtype=dtype).eval()
     metadata = {k: v for k, v in content.items() if k != "state_dict"}
@@ -134,9 +144,10 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[E2
     return model, metadata
 
 
-def _isolated_atom_e0(model: E2Former) -> E2Former:
-    """A format-1 model as the present one: ``e0 <- e0 + energy_scale * R(h_iso)`` (float64)."""
+def _isolated_atom_e0(model: E2Former, readout_bias: float) -> E2Former:
+    """A format-1 model as the present one: ``e0 <- e0 + energy_scale * R(h_iso)`` (float64),
+    ``R`` with the file's output bias ``readout_bias`` (which the present readout lacks)."""
     with torch.no_grad():
-        offsets = model.isolated_atom_readout().double() * model.config.energy_scale
+        offsets = (model.isolated_atom_readout().double() + readout_bias) * model.config.energy_scale
     model.e0 = tuple(float(e) + float(o) for e, o in zip(model.e0, offsets))
     return model

@@ -9,7 +9,7 @@ from ase.build import bulk
 from conftest import make_calculator
 
 from e2former_calc import E2FormerCalculator
-from e2former_calc.model_file import ModelFileError, read_model_file
+from e2former_calc.model_file import ModelFileError, load_model, read_model_file
 
 
 def test_save_and_load_give_bit_identical_weights_and_outputs(tmp_path):
@@ -43,10 +43,30 @@ def test_save_and_load_give_bit_identical_weights_and_outputs(tmp_path):
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-12)
     assert np.abs(results[0][1] - results[1][1]).max() < 1e-12 and np.abs(results[0][2] - results[1][2]).max() < 1e-12
     content = read_model_file(path)
-    assert content["format_version"] == 2 and content["atomic_numbers"] == [1, 6, 8, 29]
+    assert content["format_version"] == 3 and content["atomic_numbers"] == [1, 6, 8, 29]
     assert content["cutoff"] == calc.cutoff and content["e0"] == [-1.0, -2.0, -3.0, -4.0]
     assert content["provenance"]["data"] == "none, untrained" and "torch" in content["provenance"]["software"]
     assert loaded.cutoff == calc.cutoff
+
+
+def test_float64_weights_load_bit_exactly(tmp_path):
+    """Weights that float32 cannot hold come back unchanged (the model is made in the stored
+    precision before the weights are copied in)."""
+    from e2former_calc.model import E2Former
+    from e2former_calc.model_file import save_model
+
+    from conftest import TEST_CONFIG
+
+    torch.manual_seed(0)
+    model = E2Former(TEST_CONFIG, [1, 6, 8]).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-12 * torch.randn_like(p))
+    assert all(not torch.equal(p, p.float().double()) for p in model.parameters())
+    loaded, _ = load_model(save_model(model, tmp_path / "pot.pt"))
+    assert loaded.dtype == torch.float64
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_float32_loading_of_a_float64_file(tmp_path):
@@ -151,17 +171,23 @@ def test_format_1_files_load_with_the_same_energies(tmp_path):
     model = calc.model
     with torch.no_grad():
         offsets = model.isolated_atom_readout().double() * model.config.energy_scale
+    bias = 0.37  # format 1 and 2 readouts had an output bias; in format 1 it did not cancel
     content["format_version"] = 1
-    content["e0"] = [e - float(o) for e, o in zip(content["e0"], offsets)]  # what format 1 stored
+    content["state_dict"] = {**content["state_dict"], "readout.2.bias": torch.tensor([bias], dtype=torch.float64)}
+    scale = model.config.energy_scale
+    content["e0"] = [e - float(o) - bias * scale for e, o in zip(content["e0"], offsets)]  # what format 1 stored
     old = atomic_save(content, tmp_path / "v1.pt")
     loaded = E2FormerCalculator.from_file(old, device="cpu", quiet=True)
     assert loaded.model.e0 == pytest.approx(model.e0, abs=1e-12)
+    content["format_version"], content["e0"] = 2, list(model.e0)  # format 2: the bias cancels
+    v2 = E2FormerCalculator.from_file(atomic_save(content, tmp_path / "v2-bias.pt"), device="cpu", quiet=True)
     atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
     atoms.rattle(0.05, seed=1)
     for structure in (atoms, Atoms("Cu", positions=[[0, 0, 0]])):
         energies = []
-        for c in (calc, loaded):
+        for c in (calc, loaded, v2):
             a = structure.copy()
             a.calc = c
             energies.append(a.get_potential_energy())
         assert energies[0] == pytest.approx(energies[1], abs=1e-10)
+        assert energies[0] == pytest.approx(energies[2], abs=1e-10)

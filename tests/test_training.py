@@ -236,6 +236,66 @@ def test_kill_9_then_resume_gives_the_same_weights(copper_data, tmp_path):
         assert torch.equal(value, shipped_b.state_dict()[key]), key
 
 
+def test_a_checkpoint_with_the_old_readout_bias_resumes(copper_data, tmp_path):
+    """Checkpoints from before model-file format 3 hold the readout's output bias (which cancels
+    in the energies) in the weights, the EMA and the optimizer; resuming drops it and continues
+    exactly as from the same checkpoint without it."""
+    import shutil
+
+    path = write_config(tmp_path, copper_data, tmp_path / "new", max_epochs=1)
+    Trainer(parse_config(yaml.safe_load(path.read_text())), progress=False, log=lambda m: None).run()
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    checkpoint = tmp_path / "old" / "checkpoint.pt"
+    content = torch.load(checkpoint, weights_only=True)
+    bias = torch.tensor([0.3], dtype=torch.float64)
+    index = len(content["optimizer"]["param_groups"][0]["params"])  # the bias was the last parameter
+    content["model"]["readout.2.bias"] = bias
+    content["ema"]["shadow"]["readout.2.bias"] = bias.clone()
+    content["best"]["ema"]["readout.2.bias"] = bias.clone()
+    content["optimizer"]["param_groups"][0]["params"].append(index)
+    content["optimizer"]["state"][index] = {"step": content["optimizer"]["state"][0]["step"].clone(),
+                                            "exp_avg": torch.full((1,), 0.1, dtype=torch.float64),
+                                            "exp_avg_sq": torch.full((1,), 0.01, dtype=torch.float64)}
+    torch.save(content, checkpoint)
+    for name in ("new", "old"):
+        config = yaml.safe_load(path.read_text())
+        config["output"], config["training"]["max_epochs"] = str(tmp_path / name), 2
+        Trainer(parse_config(config), progress=False, log=lambda m: None).run()
+    a, epochs_a = _final_weights(tmp_path / "new")
+    b, epochs_b = _final_weights(tmp_path / "old")
+    assert epochs_a == epochs_b == 2 and "readout.2.bias" not in b
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_device_auto_cpu_and_a_clear_error_for_cuda(copper_data, tmp_path):
+    from e2former_calc.training.trainer import training_device
+
+    assert training_device("cpu") == torch.device("cpu")
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="training.device is 'cuda' but torch sees no CUDA device"):
+            training_device("cuda")
+    values = yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "run", tf32=True).read_text())
+    with pytest.raises(ValueError, match="training.tf32 needs training.dtype: float32"):
+        parse_config(values)
+    values["training"].update(tf32=False, device="gpu")
+    with pytest.raises(ValueError, match="training.device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        parse_config(values)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU training test needs one")
+def test_training_on_a_gpu_matches_the_cpu(copper_data, tmp_path):
+    """Two epochs in float64 on the GPU and on the CPU end with the same weights (index_add_ on
+    the GPU sums in another order: round-off only)."""
+    runs = {}
+    for device in ("cpu", "cuda"):
+        path = write_config(tmp_path, copper_data, tmp_path / device, max_epochs=2, device=device)
+        Trainer(parse_config(yaml.safe_load(path.read_text())), progress=False, log=lambda m: None).run()
+        runs[device], _ = _final_weights(tmp_path / device)
+    for key in runs["cpu"]:
+        torch.testing.assert_close(runs["cuda"][key], runs["cpu"][key], rtol=1e-7, atol=1e-9, msg=key)
+
+
 def test_two_processes_train_like_one(copper_data, tmp_path):
     """torchrun with two CPU processes (gloo): each takes half of every batch and the gradients
     are summed, so the weights after an epoch equal those of one process (float64 round-off)."""

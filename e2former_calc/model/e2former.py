@@ -115,7 +115,10 @@ class E2Former(nn.Module):
         self.embedding = EdgeDegreeEmbedding(config, n)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.readout_norm = EquivariantRMSNorm(config.max_degree, config.channels)
-        self.readout = nn.Sequential(nn.Linear(config.channels, config.channels), nn.SiLU(), nn.Linear(config.channels, 1))
+        # no output bias: it would cancel exactly in R(h_i) - R(h_iso) (a parameter without a
+        # gradient, which an optimizer only walks by rounding noise)
+        self.readout = nn.Sequential(nn.Linear(config.channels, config.channels), nn.SiLU(),
+                                     nn.Linear(config.channels, 1, bias=False))
 
     def species_indices(self, atomic_numbers) -> np.ndarray:
         """``[n]`` int64 species index (position in ``atomic_numbers``) of each atomic number;

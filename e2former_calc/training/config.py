@@ -29,6 +29,8 @@ Example (every key shown; only ``data.train`` and ``output`` are required)::
       loss: {energy: 1.0, forces: 100.0, stress: 10.0}
       seed: 0
       threads: null                                # torch threads; null leaves torch's default
+      device: auto                                 # auto (a GPU when torch sees one), cpu, cuda or cuda:N
+      tf32: false                                  # float32 on a GPU: TF32 matrix products (faster, ~1e-3)
     output: runs/organic                           # checkpoint.pt, log.csv, potential.pt go here
     name: e2former-xtb-organic                     # recorded in the potential file
 """
@@ -70,6 +72,8 @@ class TrainingSection:
     loss: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 10.0})
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"
+    tf32: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,11 @@ def parse_config(values: dict, source: str = "") -> TrainConfig:
         (training.clip_grad_norm is None or training.clip_grad_norm > 0, "training.clip_grad_norm must be positive or null"),
         (training.threads is None or training.threads >= 1, "training.threads must be >= 1 or null"),
         (training.dtype in ("float32", "float64"), f"training.dtype must be float32 or float64, got {training.dtype!r}"),
+        (isinstance(training.device, str) and (training.device in ("auto", "cpu", "cuda")
+                                               or (training.device.startswith("cuda:") and training.device[5:].isdigit())),
+         f"training.device must be auto, cpu, cuda or cuda:N, got {training.device!r}"),
+        (isinstance(training.tf32, bool), f"training.tf32 must be true or false, got {training.tf32!r}"),
+        (not training.tf32 or training.dtype == "float32", "training.tf32 needs training.dtype: float32"),
         (training.batch_size >= 1, "training.batch_size must be >= 1"),
         (training.max_epochs >= 1, "training.max_epochs must be >= 1"),
         (training.lr > 0, "training.lr must be positive"),

@@ -54,7 +54,27 @@ from .metrics import ErrorTally
 
 CHECKPOINT_FORMAT = "e2former-calc-checkpoint"
 #: Settings that may change between a run and its resumption (the rest must match the checkpoint).
-RESUMABLE = ("max_epochs", "max_time_minutes", "threads")
+RESUMABLE = ("max_epochs", "max_time_minutes", "threads", "device", "tf32")
+
+
+def training_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The device of ``training.device``: ``auto`` is this process's GPU (``cuda:LOCAL_RANK``
+    under torchrun) when torch sees one, else the CPU; ``cuda`` insists on a GPU."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"training.device is {name!r} but torch sees no CUDA device (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda or 'no'}); use device: auto or cpu")
+    if name.startswith("cuda:"):
+        if world > 1:
+            raise ValueError(f"training.device: {name} names one GPU, but {world} processes run: use device: cuda "
+                             "(each process takes the GPU of its LOCAL_RANK)")
+        index = int(name[5:])
+    else:
+        index = local_rank
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"training.device: GPU {index} requested, torch sees {torch.cuda.device_count()}")
+    return torch.device("cuda", index)
 
 
 class CheckpointError(ValueError):
@@ -94,7 +114,11 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(int(t.threads))
         self.dtype = getattr(torch, t.dtype)
-        self.device = torch.device("cpu")
+        self.device = training_device(t.device, int(os.environ.get("LOCAL_RANK", "0")), self.world)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = bool(t.tf32)
+            torch.backends.cudnn.allow_tf32 = bool(t.tf32)
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -207,7 +231,7 @@ class Trainer:
         """Rank 0's value of ``flag`` on every process (each has its own clock: one decides)."""
         if self.world == 1:
             return flag
-        value = torch.tensor([float(flag)], dtype=torch.float64)
+        value = torch.tensor([float(flag)], dtype=torch.float64, device=self.device)
         dist.broadcast(value, src=0)
         return bool(value.item())
 
@@ -278,9 +302,9 @@ class Trainer:
                 start += s.n_atoms
         if self.world > 1:
             keys = sorted({s.config_type for s in samples}) + ["all"]
-            values = torch.as_tensor(tally.vector(keys), dtype=torch.float64)
+            values = torch.as_tensor(tally.vector(keys), dtype=torch.float64, device=self.device)
             dist.all_reduce(values)
-            tally.load_vector(keys, values.numpy())
+            tally.load_vector(keys, values.cpu().numpy())
         return tally
 
     def _validation_loss(self, m: dict) -> float:
@@ -335,6 +359,7 @@ class Trainer:
             raise CheckpointError(f"{self.checkpoint_path} was made with other settings or data ({', '.join(changed)}); "
                                   f"only {', '.join('training.' + r for r in RESUMABLE)} may change on resume. "
                                   "Use another output folder or --restart")
+        content = _without_old_readout_bias(content, [name for name, _ in self.model.named_parameters()])
         self.model.load_state_dict(content["model"])
         self.optimizer.load_state_dict(content["optimizer"])
         self.ema.load_state_dict(content["ema"])
@@ -370,7 +395,9 @@ class Trainer:
         provenance = {
             "name": self.config.name, "train": self.config.data.train, "valid": self.config.data.valid or "fraction of train",
             "epochs": self.epoch, "best_epoch": self.best["epoch"], "training_time_s": f"{self.elapsed:.0f}",
-            "processes": self.world, "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads x {self.world} processes",
+            "processes": self.world, "hardware": (f"{torch.cuda.get_device_name(self.device)} x {self.world} processes"
+                                               if self.device.type == "cuda" else
+                                               f"{cpu_name()}, {torch.get_num_threads()} threads x {self.world} processes"),
             "validation": {k: v for k, v in best_row.items() if k.startswith("valid_")},
             "config": self.config.to_dict(),
         }
@@ -379,7 +406,7 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Path:
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.out.mkdir(parents=True, exist_ok=True)
         self._build()
         if self.checkpoint_path.exists() and not self.restart:
@@ -444,4 +471,26 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     return Trainer(config, restart=restart, progress=progress).run()
 
 
+def _without_old_readout_bias(content: dict, parameter_names: list[str]) -> dict:
+    """A checkpoint of a model with the readout's output bias (before model-file format 3) as
+    one of the present model, which lacks it: the bias cancelled exactly in the energies, so
+    dropping it, its EMA copy and its optimizer state resumes the same training."""
+    from ..model_file import OLD_READOUT_BIAS
 
+    if OLD_READOUT_BIAS not in content["model"] or OLD_READOUT_BIAS in parameter_names:
+        return content
+    known = set(parameter_names) | {OLD_READOUT_BIAS}
+    old_names = [name for name in content["model"] if name in known]  # the old parameter order
+    index = old_names.index(OLD_READOUT_BIAS)
+    optimizer = dict(content["optimizer"])
+    renumber = {old: old - (old > index) for old in range(len(old_names)) if old != index}
+    optimizer["state"] = {renumber[k]: v for k, v in optimizer["state"].items() if k != index}
+    optimizer["param_groups"] = [{**g, "params": [renumber[p] for p in g["params"] if p != index]}
+                                 for g in optimizer["param_groups"]]
+    ema = dict(content["ema"])
+    ema["shadow"] = {k: v for k, v in ema["shadow"].items() if k != OLD_READOUT_BIAS}
+    best = dict(content["best"])
+    if isinstance(best.get("ema"), dict):
+        best["ema"] = {k: v for k, v in best["ema"].items() if k != OLD_READOUT_BIAS}
+    model = {k: v for k, v in content["model"].items() if k != OLD_READOUT_BIAS}
+    return {**content, "model": model, "optimizer": optimizer, "ema": ema, "best": best}
