@@ -32,6 +32,8 @@ import warnings
 
 import torch
 
+from . import triton_edge
+
 try:  # optional accelerator of scatter_sum
     import torch_scatter
 except ImportError:  # pragma: no cover - depends on the environment
@@ -280,7 +282,9 @@ class EdgeAggregation(_LeanEdgeForm):
         order = _sorted_order(self.canonical_sources)  # the transposed pattern: entries by source
         self.source_order = torch.arange(self.n_edges, device=self.device) if order is None else order
         self.source_entries = _Rows(self.canonical_sources.index_select(0, self.source_order), self.n_sources)
-        self._build_patterns()
+        self._kernel_indices = None
+        if not triton_edge.use_triton(targets):  # the fused kernels need no sparse patterns
+            self._build_patterns()
 
     def __call__(self, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``out[t, c, :] = sum_{e: t} weights[e, c] values[source[e], c, :]``.
@@ -314,6 +318,8 @@ class EdgeAggregation(_LeanEdgeForm):
         slots (edges canonical): ``"target"`` (a, v) -> g ``[T, C, K]``, ``"source"`` (a, g) -> v
         ``[U, C, K]``, ``"edge"`` (v, g) -> a ``[E, C]``."""
         C, E, T, U = self.channels, self.n_edges, self.n_targets, self.n_sources
+        if triton_edge.use_triton(x):
+            return self._fused_face(face, x, y)
         if face == "edge":
             v, g = x.contiguous(), y.contiguous()
             K = v.shape[-1]
@@ -336,6 +342,26 @@ class EdgeAggregation(_LeanEdgeForm):
         if E == 0:
             return out.zero_()
         return self._products(kind, a.view(-1), dense.view(n_in * C, K), n_out, True, out)
+
+
+    def _fused_face(self, face: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`face` through the Triton kernels of :mod:`~e2former_calc.conv.triton_edge`."""
+        if self._kernel_indices is None:
+            def pointers(rows: _Rows) -> torch.Tensor:
+                return torch.cat([rows.counts.new_zeros(1), torch.cumsum(rows.counts, 0)])
+
+            self._kernel_indices = {
+                "target_rowptr": pointers(self.target_entries), "edges": torch.arange(self.n_edges, device=self.device),
+                "sources": self.canonical_sources, "targets": self.canonical_targets,
+                "source_rowptr": pointers(self.source_entries), "source_order": self.source_order,
+                "targets_by_source": self.canonical_targets.index_select(0, self.source_order),
+            }
+        i = self._kernel_indices
+        if face == "target":  # (a, v) -> g
+            return triton_edge.segment_sum(i["target_rowptr"], i["edges"], i["sources"], x, y)
+        if face == "source":  # (a, g) -> v
+            return triton_edge.segment_sum(i["source_rowptr"], i["source_order"], i["targets_by_source"], x, y)
+        return triton_edge.edge_inner(i["sources"], i["targets"], x, y)  # (v, g) -> a
 
 
 class EdgeSum(_LeanEdgeForm):

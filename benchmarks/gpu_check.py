@@ -1,0 +1,274 @@
+"""One prepared run on a GPU machine: the CUDA tests, the scaling table, a training step, MACE.
+
+Meant for a lent GPU (one call, well under 8 minutes on one H200; every part has a time budget
+and the run stops adding sizes once its budget is spent):
+
+1. the CUDA tests (``tests/`` files that test on CUDA, ``-k "cuda or gpu"``), with their summary;
+2. fcc Cu (``e2former-emt-cu``), float32 then float64: one energy+forces call (neighbour list,
+   plan, network) and one velocity-Verlet step with the 0.3 Å skin, from 4,000 atoms up by
+   factors of about 2 to 1,000,188 atoms (63^3 cubic cells) or the largest that fits; per size
+   the time per atom, atom·steps/s and peak GPU memory per atom (``max_memory_allocated``); an
+   out-of-memory error ends that dtype's series and is recorded;
+3. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
+   108-atom Cu cells, float32 with and without TF32 and float64;
+4. MACE (``mace-torch`` with its ``cuequivariance`` acceleration when they import there) of about
+   the same size on the same cells, else the reason it did not run.
+
+    python benchmarks/gpu_check.py --output results/gpu_check.json       # on the GPU machine
+    python benchmarks/gpu_check.py --cpu-smoke                            # here: the same code, tiny sizes
+
+Writes JSON (``--output``) and prints a Markdown table; ``docs/model.md`` quotes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIN = 0.3
+REPEATS_GPU = (10, 13, 16, 20, 25, 32, 40, 50, 63)  # 4 n^3 atoms: 4,000 ... 1,000,188
+REPEATS_SMOKE = (2, 3)
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+
+
+def reset_peak(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_tests(budget: float) -> dict:
+    files = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if "cuda" in p.read_text()]
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-k", "cuda or gpu", *files], cwd=ROOT,
+                                capture_output=True, text=True, timeout=budget)
+        tail = result.stdout.strip().splitlines()[-8:]
+        return {"files": files, "returncode": result.returncode, "summary": tail, "seconds": time.perf_counter() - start}
+    except subprocess.TimeoutExpired:
+        return {"files": files, "error": f"over its {budget:.0f} s budget"}
+
+
+def scaling(device, dtype: str, repeats, budget: float, md: bool = True) -> list[dict]:
+    """Energy+forces call and MD step per size until the budget, an out-of-memory error or the end."""
+    import numpy as np
+    import torch
+    from ase import units
+    from ase.build import bulk
+    from ase.md.verlet import VelocityVerlet
+
+    from e2former_calc import E2FormerCalculator
+
+    rows, start = [], time.perf_counter()
+    for n in repeats:
+        if time.perf_counter() - start > budget:
+            rows.append({"repeat": n, "n_atoms": 4 * n**3, "dtype": dtype, "error": "not run: time budget spent"})
+            break
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n)
+        atoms.rattle(0.05, seed=0)
+        row = {"n_atoms": len(atoms), "dtype": dtype}
+        try:
+            calc = E2FormerCalculator.from_pretrained("e2former-emt-cu", device=str(device), dtype=dtype, skin=0.0,
+                                                      quiet=True)
+            atoms.calc = calc
+            reset_peak(device)
+            base = peak_bytes(device) if device.type != "cuda" else torch.cuda.memory_allocated(device)
+            t0 = time.perf_counter()
+            atoms.get_forces()
+            sync(device)
+            row["first_call_s"] = time.perf_counter() - t0
+            row["peak_memory_kib_per_atom"] = (peak_bytes(device) - base) / 1024 / len(atoms)
+            atoms.positions += np.random.default_rng(1).normal(scale=1e-3, size=atoms.positions.shape)
+            t0 = time.perf_counter()
+            atoms.get_forces()
+            sync(device)
+            row["call_s"] = time.perf_counter() - t0
+            row["call_us_per_atom"] = 1e6 * row["call_s"] / len(atoms)
+            if md:
+                atoms.calc = E2FormerCalculator.from_pretrained("e2former-emt-cu", device=str(device), dtype=dtype,
+                                                                skin=SKIN, quiet=True)
+                dyn = VelocityVerlet(atoms, timestep=2.0 * units.fs)
+                dyn.run(1)  # first step: list, plan
+                sync(device)
+                t0 = time.perf_counter()
+                dyn.run(2)
+                sync(device)
+                row["md_step_s"] = (time.perf_counter() - t0) / 2
+                row["md_atom_steps_per_s"] = len(atoms) / row["md_step_s"]
+        except torch.cuda.OutOfMemoryError as error:
+            row["error"] = f"out of memory ({str(error).splitlines()[0][:120]})"
+            rows.append(row)
+            break
+        finally:
+            atoms.calc = None
+            reset_peak(device)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def training_step(device, smoke: bool) -> list[dict]:
+    """Seconds per optimiser step (forces and stress in the loss) on 8 rattled 108-atom Cu cells."""
+    import tempfile
+
+    import torch
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.io import write
+
+    from e2former_calc.training.config import parse_config
+    from e2former_calc.training.trainer import Trainer
+
+    folder = Path(tempfile.mkdtemp())
+    frames = []
+    for k in range(8):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2 if smoke else 3)
+        atoms.rattle(0.08, seed=k)
+        atoms.calc = EMT()
+        atoms.info["REF_energy"] = atoms.get_potential_energy()
+        atoms.arrays["REF_forces"] = atoms.get_forces()
+        atoms.info["REF_stress"] = atoms.get_stress()
+        atoms.calc = None
+        frames.append(atoms)
+    write(folder / "train.extxyz", frames)
+    rows = []
+    for dtype, tf32 in (("float32", False), ("float32", True), ("float64", False)):
+        if tf32 and device.type != "cuda":
+            continue
+        config = parse_config({
+            "data": {"train": str(folder / "train.extxyz"), "valid": str(folder / "train.extxyz"), "e0": {"Cu": 0.0}},
+            "model": {"preset": "small"}, "output": str(folder / f"run-{dtype}-{tf32}"), "name": "gpu-check",
+            "training": {"batch_size": 8, "max_epochs": 1, "dtype": dtype, "device": str(device.type), "tf32": tf32},
+        })
+        trainer = Trainer(config, progress=False, log=lambda m: None)
+        trainer._build()
+        batch = trainer.train[:8]
+        counts = {"structures": 8, "atoms": sum(s.n_atoms for s in batch), "stress": 8}
+        times = []
+        for _ in range(3):
+            sync(device)
+            t0 = time.perf_counter()
+            trainer.optimizer.zero_grad()
+            trainer._loss(batch, counts).backward()
+            trainer.optimizer.step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        rows.append({"dtype": dtype, "tf32": tf32, "atoms_per_batch": counts["atoms"], "first_step_s": times[0],
+                     "step_s": sorted(times[1:])[0]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def mace_comparison(device, repeats, budget: float, python: str | None, site: str | None) -> dict:
+    """MACE of about the size of e2former-emt-cu (``benchmarks/mace_speed.py``), in its own Python
+    (``--mace-python``; mace-torch pins e3nn 0.4.4) or with its packages on ``--mace-site``."""
+    python = python or sys.executable
+    env = dict(os.environ)
+    if site:
+        env["PYTHONPATH"] = site
+    if not Path(python).exists():
+        return {"error": f"no MACE Python at {python} (benchmarks/accuracy/setup_mace_env.sh makes one)"}
+    command = [python, str(ROOT / "benchmarks" / "mace_speed.py"), "--device", device.type, "--budget", str(budget),
+               "--repeats", *map(str, repeats)]
+    if device.type == "cuda":
+        command.append("--cueq")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=budget + 120)
+    except subprocess.TimeoutExpired:
+        return {"error": f"over its {budget + 120:.0f} s limit"}
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 and not rows:
+        return {"error": f"mace_speed.py failed: {(result.stderr.strip().splitlines() or ['?'])[-1][:300]}"}
+    return {"model": rows[0] if rows else None, "rows": rows[1:]}
+
+
+def environment(device) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    from e2former_calc.conv import triton_edge
+
+    probe = torch.zeros(1, device=device)
+    info["edge_kernel"] = "triton" if triton_edge.use_triton(probe) else "sparse products"
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu-smoke", action="store_true", help="run every part on the CPU at tiny sizes")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
+    parser.add_argument("--skip-tests", action="store_true")
+    default_mace = ROOT / "benchmarks" / "accuracy" / ".venv-mace" / "bin" / "python"
+    parser.add_argument("--mace-python", default=str(default_mace), help="a Python with mace-torch")
+    parser.add_argument("--mace-site", help="PYTHONPATH holding mace-torch and its e3nn 0.4.4 (carried wheels)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    if args.cpu_smoke:
+        device, repeats, budgets = torch.device("cpu"), REPEATS_SMOKE, {"tests": 60, "float32": 60, "float64": 60,
+                                                                          "mace": 30}
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA device: run with --cpu-smoke to check the script here", file=sys.stderr)
+            return 2
+        device, repeats, budgets = torch.device("cuda"), REPEATS_GPU, {"tests": 90, "float32": 150, "float64": 90,
+                                                                         "mace": 60}
+    started = time.perf_counter()
+    report = {"environment": environment(device), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(json.dumps(report["environment"]), flush=True)
+    if not args.skip_tests:
+        report["cuda_tests"] = cuda_tests(budgets["tests"])
+    report["scaling"] = {dtype: scaling(device, dtype, repeats, budgets[dtype]) for dtype in ("float32", "float64")}
+    report["training"] = training_step(device, args.cpu_smoke)
+    report["mace"] = mace_comparison(device, repeats, budgets["mace"], args.mace_python, args.mace_site)
+    report["seconds"] = time.perf_counter() - started
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=1))
+    print("| atoms | dtype | call µs/atom | MD atom·steps/s | peak KiB/atom | note |\n|---|---|---|---|---|---|")
+    for dtype, rows in report["scaling"].items():
+        for r in rows:
+            print(f"| {r['n_atoms']:,} | {dtype} | {r.get('call_us_per_atom', float('nan')):.2f} | "
+                  f"{r.get('md_atom_steps_per_s', float('nan')):,.0f} | {r.get('peak_memory_kib_per_atom', float('nan')):.1f} "
+                  f"| {r.get('error', '')} |")
+    print(f"wrote {args.output} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
