@@ -462,6 +462,12 @@ def test_exchange_path_with_empty_domains_and_a_stale_exchange(organic):
 AVAILABLE, WHY = lammps_available()
 needs_lammps = pytest.mark.skipif(not AVAILABLE, reason=f"LAMMPS with ML-IAP python is not importable: {WHY}")
 
+
+@pytest.mark.skipif(os.environ.get("E2FORMER_REQUIRE_LAMMPS") != "1",
+                    reason="E2FORMER_REQUIRE_LAMMPS is not 1 (CI sets it: there the LAMMPS tests must run)")
+def test_lammps_is_there_where_it_is_required():
+    assert AVAILABLE, f"E2FORMER_REQUIRE_LAMMPS=1 but {WHY}: the LAMMPS tests would skip"
+
 DRIVER = textwrap.dedent('''
     """Run LAMMPS jobs from a JSON file (under mpirun or alone); rank 0 writes the results."""
     import json, sys, traceback
