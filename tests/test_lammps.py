@@ -458,6 +458,21 @@ def test_exchange_path_with_empty_domains_and_a_stale_exchange(organic):
     assert abs(stale[0] - reference[0]) > 1e-6
 
 
+def test_a_zbl_model_through_both_paths(tmp_path):
+    """The pair repulsion is added on the last stage's edges (ghost shell) and on the owned
+    atoms' pairs (exchange): both equal the periodic evaluation."""
+    import dataclasses
+
+    calc = E2FormerCalculator.from_config(dataclasses.replace(ORGANIC_CONFIG, zbl=True), species=("H", "C", "N", "O"),
+                                          seed=3, device="cpu", dtype="float64", skin=0.0, quiet=True)
+    path = export_lammps(calc.save(tmp_path / "zbl.pt"), tmp_path / "zbl.mliap.pkl")
+    box = water_organic_box()
+    box.positions[1] = box.positions[0] + 0.6 * (box.positions[1] - box.positions[0])  # an O-H at ~0.58 Å
+    reference = ase_reference(calc, box)
+    check_against(reference, emulate(load_unified(path), box, (2, 1, 1)))
+    check_against(reference, emulate_exchange(path, box, (2, 1, 1))[0], EXCHANGE_RTOL)
+
+
 # -- LAMMPS itself --------------------------------------------------------------------------------
 AVAILABLE, WHY = lammps_available()
 needs_lammps = pytest.mark.skipif(not AVAILABLE, reason=f"LAMMPS with ML-IAP python is not importable: {WHY}")

@@ -28,6 +28,9 @@ class E2FormerConfig:
         energy_scale: factor (eV) on the per-atom energy readout. Training's ``auto`` sets it to
             the numerical value of the data's RMS force component in eV/Å (i.e. the typical energy
             change of moving an atom by 1 Å against a typical force), the usual scale in MACE.
+        zbl: add the screened nuclear repulsion (ZBL) of close atoms, switched off at the sum
+            of their covalent radii (:mod:`e2former_calc.model.repulsion`): hot or compressed
+            MD then pushes atoms apart where the training data had none so close.
     """
 
     cutoff: float = 5.0
@@ -44,6 +47,7 @@ class E2FormerConfig:
     envelope_exponent: int = 5
     average_neighbours: float = 20.0
     energy_scale: float = 1.0
+    zbl: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "filter_degrees", tuple(int(f) for f in self.filter_degrees))
@@ -56,6 +60,7 @@ class E2FormerConfig:
             (self.num_layers >= 0, "num_layers must be >= 0"),
             (self.envelope_exponent >= 2, "envelope_exponent must be >= 2"),
             (self.average_neighbours > 0, "average_neighbours must be positive"),
+            (isinstance(self.zbl, bool), f"zbl must be true or false, got {self.zbl!r}"),
         ]
         for ok, message in checks:
             if not ok:

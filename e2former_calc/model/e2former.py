@@ -6,13 +6,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conv import ConvGraph, ConvPlan
+from ..conv import ConvGraph, ConvPlan, scatter_sum
 from ..conv.aggregation import EdgeSum
 from ..so3 import spherical_harmonics
 from .attention import EquivariantAttention
 from .config import E2FormerConfig
 from .layers import EquivariantRMSNorm, GatedFeedForward
 from .radial import BesselBasis, RadialNetwork, polynomial_envelope
+from .repulsion import ZBLRepulsion
 from .stages import LayerStages
 
 
@@ -77,6 +78,8 @@ class E2Former(nn.Module):
     depend on the species alone). An atom with no neighbour within the cutoff therefore has
     exactly (to rounding) the energy ``E0[Z]``, the isolated-atom energy, and two fragments
     farther apart than the cutoff have the sum of their energies: the dissociation limit is right.
+    With ``config.zbl`` the screened nuclear repulsion of close pairs is added
+    (:class:`~e2former_calc.model.repulsion.ZBLRepulsion`, half to each atom).
 
     Args:
         config: the hyper-parameters.
@@ -114,6 +117,7 @@ class E2Former(nn.Module):
         self.species_features = nn.Embedding(n, config.species_features)
         self.embedding = EdgeDegreeEmbedding(config, n)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.repulsion = ZBLRepulsion(self.atomic_numbers, config.cutoff) if config.zbl else None
         self.readout_norm = EquivariantRMSNorm(config.max_degree, config.channels)
         # no output bias: it would cancel exactly in R(h_i) - R(h_iso) (a parameter without a
         # gradient, which an optimizer only walks by rounding noise)
@@ -163,11 +167,17 @@ class E2Former(nn.Module):
                 if exchange is not None:
                     h = exchange(h)
                 h = block(h, graphs[k], stages.plans[k - 1], *inputs[k], keep=stages.nodes[k])
-        species = species[: h.shape[0]]
+        n_out = h.shape[0]
         readout = self.readout(self.readout_norm(h)[:, :, 0]).squeeze(-1)  # [N]
-        relative = readout.double() - self.isolated_atom_readout().double().index_select(0, species)
+        relative = readout.double() - self.isolated_atom_readout().double().index_select(0, species[:n_out])
         e0 = torch.tensor(self.e0, dtype=torch.float64, device=species.device)
-        return relative * self.config.energy_scale + e0.index_select(0, species)
+        energies = relative * self.config.energy_scale + e0.index_select(0, species[:n_out])
+        if self.repulsion is not None:  # half of each pair's energy to each atom (edges go both ways)
+            last = graph if stages is None else graphs[-1]  # the edges into the atoms of the output
+            pairs = self.repulsion(last.lengths, species.index_select(0, last.receivers),
+                                   species.index_select(0, last.senders))
+            energies = energies + scatter_sum(0.5 * pairs, last.receivers, n_out)
+        return energies
 
     def isolated_atom_readout(self) -> torch.Tensor:
         """``[n_species]`` ``R(h_iso[Z])``: the readout of a lone atom of each species.

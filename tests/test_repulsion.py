@@ -1,0 +1,99 @@
+"""The optional ZBL repulsion (``E2FormerConfig(zbl=True)``): the formula, its switch-off, forces
+and stress as derivatives, a lone atom at E0, the file round trip, and LAMMPS's stages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.data import covalent_radii
+from conftest import TEST_CONFIG
+
+from e2former_calc import E2FormerCalculator
+from e2former_calc.model.repulsion import ZBLRepulsion
+from e2former_calc.testing import assert_forces_are_minus_gradient, assert_stress_is_strain_derivative
+
+ZBL_CONFIG = dataclasses.replace(TEST_CONFIG, zbl=True)
+
+
+def zbl_reference(r, z1, z2):
+    """ZBL from its published constants, written out independently of the package, no switch."""
+    k = units._e / (4 * np.pi * units._eps0) * 1e10  # eV Å
+    a = 0.46850 / (z1**0.23 + z2**0.23)
+    x = r / a
+    phi = (0.18175 * np.exp(-3.19980 * x) + 0.50986 * np.exp(-0.94229 * x) + 0.28022 * np.exp(-0.40290 * x)
+           + 0.02817 * np.exp(-0.20162 * x))
+    return k * z1 * z2 / r * phi
+
+
+def calculators(seed=4):
+    kwargs = dict(species=("H", "C", "O", "Cu"), seed=seed, device="cpu", dtype="float64", skin=0.0,
+                  e0=[-1.0, -2.0, -3.0, -4.0], quiet=True)
+    return E2FormerCalculator.from_config(ZBL_CONFIG, **kwargs), E2FormerCalculator.from_config(TEST_CONFIG, **kwargs)
+
+
+def test_pair_energy_is_zbl_times_a_switch_that_ends_at_the_covalent_radii():
+    zbl = ZBLRepulsion([1, 6, 29], cutoff=5.0)
+    for (a, b), (za, zb) in {(0, 1): (1, 6), (1, 1): (6, 6), (2, 2): (29, 29)}.items():
+        rc = covalent_radii[za] + covalent_radii[zb]
+        r = torch.linspace(0.05, 1.2 * rc, 200, dtype=torch.float64)
+        v = zbl(r, torch.full_like(r, a, dtype=torch.long), torch.full_like(r, b, dtype=torch.long)).numpy()
+        d = r.numpy() / rc
+        u = np.where(d < 1, 1 - 28 * d**6 + 48 * d**7 - 21 * d**8, 0.0)  # p = 6 envelope
+        # the envelope cancels near its end (1 - 28 + 48 - 21 = 0): compare to the largest value there
+        np.testing.assert_allclose(v, zbl_reference(r.numpy(), za, zb) * u, rtol=1e-12, atol=1e-14 * v.max())
+        assert np.all(v[d >= 1] == 0) and np.all(np.diff(v[d < 1]) < 0)  # repulsive, monotonic, then off
+
+
+def test_close_atoms_are_pushed_apart_and_lone_atoms_keep_e0():
+    with_zbl, without = calculators()
+    for pair in ("H2", "C2", "Cu2"):
+        energies, forces = {}, {}
+        for name, calc in (("zbl", with_zbl), ("plain", without)):
+            out = []
+            for r in (0.45, 0.6, 0.8):
+                atoms = Atoms(pair, positions=[[0, 0, 0], [0, 0, r]])
+                atoms.calc = calc
+                out.append((atoms.get_potential_energy(), atoms.get_forces()[1, 2]))
+            energies[name], forces[name] = zip(*out)
+        # the repulsion is what the energy difference is (the network part is the same function)
+        z = {"H2": 1, "C2": 6, "Cu2": 29}[pair]
+        for r, e_zbl, e_plain in zip((0.45, 0.6, 0.8), energies["zbl"], energies["plain"]):
+            rc = 2 * covalent_radii[z]
+            d = r / rc
+            u = 1 - 28 * d**6 + 48 * d**7 - 21 * d**8 if d < 1 else 0.0
+            assert e_zbl - e_plain == pytest.approx(zbl_reference(r, z, z) * u, rel=1e-9)
+        # the repulsion's force on the upper atom points up (apart), and grows as they close in
+        pushes = [a - b for a, b in zip(forces["zbl"], forces["plain"])]
+        assert pushes[0] > pushes[1] > 0 and pushes[2] >= 0
+    lone = Atoms("Cu", positions=[[0, 0, 0]])
+    lone.calc = with_zbl
+    assert lone.get_potential_energy() == pytest.approx(-4.0, abs=1e-12)
+
+
+def test_forces_and_stress_are_derivatives_with_zbl():
+    calc, _ = calculators()
+    ethanol = molecule("CH3CH2OH")
+    ethanol.positions[1] = ethanol.positions[0] + 0.5 * (ethanol.positions[1] - ethanol.positions[0])  # C-C at 0.76 Å
+    assert_forces_are_minus_gradient(ethanol, calc, indices=[0, 1, 3])  # the squeezed pair and an H
+    copper = bulk("Cu", "fcc", a=3.0, cubic=True)  # compressed: neighbours at 2.1 Å < 2 R_Cu = 2.64 Å
+    copper.rattle(0.05, seed=1)
+    assert_forces_are_minus_gradient(copper, calc)
+    assert_stress_is_strain_derivative(copper, calc)
+
+
+def test_zbl_survives_the_model_file(tmp_path):
+    calc, _ = calculators()
+    loaded = E2FormerCalculator.from_file(calc.save(tmp_path / "zbl.pt"), device="cpu", dtype="float64", quiet=True)
+    assert loaded.model.config.zbl and loaded.model.repulsion is not None
+    atoms = Atoms("CO", positions=[[0, 0, 0], [0, 0, 0.7]])
+    energies = []
+    for c in (calc, loaded):
+        a = atoms.copy()
+        a.calc = c
+        energies.append(a.get_potential_energy())
+    assert energies[0] == pytest.approx(energies[1], abs=1e-12)
