@@ -296,6 +296,29 @@ def test_training_on_a_gpu_matches_the_cpu(copper_data, tmp_path):
         torch.testing.assert_close(runs["cuda"][key], runs["cpu"][key], rtol=1e-7, atol=1e-9, msg=key)
 
 
+def test_a_second_stage_raises_the_energy_weight_and_picks_its_own_best_epoch(copper_data, tmp_path):
+    stage = {"start_epoch": 2, "loss": {"energy": 50.0}, "lr_factor": 0.5}
+    path = write_config(tmp_path, copper_data, tmp_path / "staged", max_epochs=3, second_stage=stage)
+    messages = []
+    trainer = Trainer(parse_config(yaml.safe_load(path.read_text())), progress=False, log=messages.append)
+    trainer.run()
+    first = trainer.config.training.loss
+    assert trainer.loss_weights(1) == first and trainer.loss_weights(2) == {**first, "energy": 50.0}
+    steps = trainer.steps_per_epoch
+    assert trainer.learning_rate(2 * steps) == pytest.approx(0.5 * trainer._learning_rate(2 * steps, 3))
+    assert trainer.learning_rate(2 * steps - 1) == pytest.approx(trainer._learning_rate(2 * steps - 1, 3))
+    assert trainer.best["epoch"] == 3  # the only second-stage epoch: the first stage's best was set aside
+    assert any(m.startswith("second stage from epoch 3") for m in messages)
+    for bad, match in (({"start_epoch": 3, "loss": {}}, r"start_epoch must be an integer in 1\.\.2"),
+                       ({"start_epoch": 1, "loss": {"charge": 1.0}}, "second_stage.loss takes energy, forces, stress"),
+                       ({"start_epoch": 1, "lr_factor": 0}, "second_stage.lr_factor must be a positive number"),
+                       ({"start": 1}, "unknown keys in 'training.second_stage': start")):
+        values = yaml.safe_load(path.read_text())
+        values["training"]["second_stage"] = bad
+        with pytest.raises(ValueError, match=match):
+            parse_config(values)
+
+
 def test_two_processes_train_like_one(copper_data, tmp_path):
     """torchrun with two CPU processes (gloo): each takes half of every batch and the gradients
     are summed, so the weights after an epoch equal those of one process (float64 round-off)."""

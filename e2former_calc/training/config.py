@@ -27,6 +27,7 @@ Example (every key shown; only ``data.train`` and ``output`` are required)::
       ema_decay: 0.99
       clip_grad_norm: 10.0
       loss: {energy: 1.0, forces: 100.0, stress: 10.0}
+      second_stage: null                           # e.g. {start_epoch: 80, loss: {energy: 100.0}, lr_factor: 0.5}
       seed: 0
       threads: null                                # torch threads; null leaves torch's default
       device: auto                                 # auto (a GPU when torch sees one), cpu, cuda or cuda:N
@@ -72,6 +73,7 @@ class TrainingSection:
     loss: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 10.0})
     seed: int = 0
     threads: int | None = None
+    second_stage: dict | None = None
     device: str = "auto"
     tf32: bool = False
 
@@ -181,11 +183,40 @@ def parse_config(values: dict, source: str = "") -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise ValueError(f"training config: {message}")
-    training = dataclasses.replace(training, loss=loss)
+    training = dataclasses.replace(training, loss=loss, second_stage=_second_stage(training.second_stage, loss,
+                                                                                  training.max_epochs))
     config = TrainConfig(data=data, model=model, training=training, output=str(values["output"]),
                          name=str(values.get("name", "e2former-potential")), source=source)
     config.model_config(1.0, 1.0)  # raises now on unknown or invalid model keys
     return config
+
+
+def _second_stage(stage, loss: dict, max_epochs: int) -> dict | None:
+    """``training.second_stage`` checked and completed: from epoch ``start_epoch`` (epochs done)
+    on, the loss weights ``loss`` (missing ones: the first stage's) and the learning rate times
+    ``lr_factor`` (default 1). Typically a larger energy weight once the forces have converged."""
+    if stage is None:
+        return None
+    if not isinstance(stage, dict):
+        raise ValueError(f"training config: training.second_stage must be a mapping, got {type(stage).__name__}")
+    unknown = sorted(set(stage) - {"start_epoch", "loss", "lr_factor"})
+    if unknown:
+        raise ValueError(f"training config: unknown keys in 'training.second_stage': {', '.join(unknown)} "
+                         "(known: loss, lr_factor, start_epoch)")
+    start = stage.get("start_epoch")
+    if not isinstance(start, int) or isinstance(start, bool) or not 1 <= start < max_epochs:
+        raise ValueError(f"training config: training.second_stage.start_epoch must be an integer in 1..{max_epochs - 1} "
+                         f"(before max_epochs), got {start!r}")
+    weights = stage.get("loss") or {}
+    if not isinstance(weights, dict) or not set(weights) <= {"energy", "forces", "stress"}:
+        raise ValueError(f"training config: training.second_stage.loss takes energy, forces, stress; got {weights!r}")
+    weights = {**loss, **weights}
+    factor = stage.get("lr_factor", 1.0)
+    for name, value in [*((f"loss.{k}", v) for k, v in weights.items()), ("lr_factor", factor)]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (name == "lr_factor" and value == 0):
+            raise ValueError(f"training config: training.second_stage.{name} must be a "
+                             f"{'positive' if name == 'lr_factor' else 'non-negative'} number, got {value!r}")
+    return {"start_epoch": start, "loss": {k: float(v) for k, v in weights.items()}, "lr_factor": float(factor)}
 
 
 def load_config(path) -> TrainConfig:

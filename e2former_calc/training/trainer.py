@@ -187,8 +187,21 @@ class Trainer:
         self.finished = ""
 
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up, then a cosine from ``lr`` to ``lr * min_lr_factor`` at ``max_epochs``."""
-        return self._learning_rate(step, self.config.training.max_epochs)
+        """Linear warm-up, then a cosine from ``lr`` to ``lr * min_lr_factor`` at ``max_epochs``;
+        times ``second_stage.lr_factor`` from its start epoch."""
+        rate = self._learning_rate(step, self.config.training.max_epochs)
+        stage = self.config.training.second_stage
+        if stage is not None and step >= stage["start_epoch"] * self.steps_per_epoch:
+            rate *= stage["lr_factor"]
+        return rate
+
+    def loss_weights(self, epoch: int) -> dict:
+        """The loss weights of epoch ``epoch`` (0-based): ``training.loss``, or from
+        ``second_stage.start_epoch`` on, the second stage's."""
+        stage = self.config.training.second_stage
+        if stage is not None and epoch >= stage["start_epoch"]:
+            return stage["loss"]
+        return self.config.training.loss
 
     def _learning_rate(self, step: int, max_epochs: int) -> float:
         t = self.config.training
@@ -209,9 +222,10 @@ class Trainer:
         out = self.forcefield(graph, forces=want_forces, stress=want_stress, create_graph=create_graph)
         return graph, out
 
-    def _loss(self, samples, counts) -> torch.Tensor:
-        """This process's share of the loss of a batch whose totals are ``counts``."""
-        w = self.config.training.loss
+    def _loss(self, samples, counts, weights: dict | None = None) -> torch.Tensor:
+        """This process's share of the loss of a batch whose totals are ``counts`` (loss weights
+        ``weights``, default ``training.loss``)."""
+        w = self.config.training.loss if weights is None else weights
         graph, out = self._batch_outputs(samples, create_graph=True)
         f64 = dict(dtype=torch.float64, device=self.device)
         n_atoms = graph.atoms_per_structure().to(torch.float64)
@@ -250,7 +264,8 @@ class Trainer:
                       "stress": sum(s.stress is not None for s in batch)}
             mine = batch[self.rank :: self.world]
             self.optimizer.zero_grad(set_to_none=False)
-            loss = self._loss(mine, counts) if mine else sum(0.0 * p.sum() for p in self.model.parameters())
+            loss = (self._loss(mine, counts, self.loss_weights(epoch)) if mine
+                    else sum(0.0 * p.sum() for p in self.model.parameters()))
             loss.backward()
             if self.world > 1:
                 for p in self.model.parameters():
@@ -307,9 +322,9 @@ class Trainer:
             tally.load_vector(keys, values.cpu().numpy())
         return tally
 
-    def _validation_loss(self, m: dict) -> float:
+    def _validation_loss(self, m: dict, weights: dict | None = None) -> float:
         """A scalar for choosing the best epoch: the loss weights applied to RMSEs (eV units)."""
-        w = self.config.training.loss
+        w = self.config.training.loss if weights is None else weights
         value = w["energy"] * (m["energy_per_atom_rmse"] / 1000) ** 2
         if "forces_rmse" in m:
             value += w["forces"] * (m["forces_rmse"] / 1000) ** 2
@@ -424,6 +439,13 @@ class Trainer:
             if budget is not None and self._agreed(self.elapsed >= budget):
                 self.finished = "time limit"
                 break
+            stage = t.second_stage
+            if stage is not None and self.epoch == stage["start_epoch"]:
+                # another objective: the best epoch is chosen among the second stage's epochs
+                self.best = {"loss": float("inf"), "epoch": -1, "ema": None}
+                self.log(f"second stage from epoch {self.epoch + 1}: loss weights {stage['loss']}, "
+                         f"learning rate x {stage['lr_factor']:g}")
+            weights = self.loss_weights(self.epoch)
             start = time.monotonic()
             deadline = None if budget is None else start + budget - self.elapsed
             train_loss, timed_out = self._train_epoch(self.epoch, deadline)
@@ -437,7 +459,7 @@ class Trainer:
                    "lr": self.learning_rate(self.epoch * self.steps_per_epoch - 1), "train_loss": train_loss}
             row.update({f"valid_{k}": v for k, v in metrics.items() if k != "frames"})
             self.history.append(row)
-            value = self._validation_loss(metrics)
+            value = self._validation_loss(metrics, weights)
             if not math.isfinite(value):
                 raise FloatingPointError(f"epoch {self.epoch}: the validation errors are not finite ({metrics}); "
                                          "check the validation structures (the last checkpoint is intact)")
