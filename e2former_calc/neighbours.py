@@ -77,7 +77,7 @@ def _search_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutof
     return moved, new_cell
 
 
-def neighbour_list(positions, cell, pbc, cutoff: float) -> Neighbours:
+def neighbour_list(positions, cell, pbc, cutoff: float, backend: str = "matscipy", device=None) -> Neighbours:
     """All pairs closer than ``cutoff`` (Å).
 
     Args:
@@ -85,6 +85,9 @@ def neighbour_list(positions, cell, pbc, cutoff: float) -> Neighbours:
         cell: ``[3, 3]`` cell vectors as rows; only the periodic ones are used.
         pbc: three booleans.
         cutoff: radius in Å.
+        backend: ``"matscipy"`` (on the CPU, the default) or ``"torch"``: the cell list of
+            :mod:`e2former_calc.cell_list` on ``device`` (a GPU: the search of a large system
+            runs there; the same pairs, sorted by receiver).
     """
     positions = np.asarray(positions, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
@@ -93,6 +96,15 @@ def neighbour_list(positions, cell, pbc, cutoff: float) -> Neighbours:
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Neighbours(empty, empty, np.zeros((0, 3), dtype=np.int64))
+    if backend == "torch":
+        import torch
+
+        from .cell_list import cell_list
+
+        i, j, S = cell_list(torch.as_tensor(positions, device=device), torch.as_tensor(cell, device=device), pbc, cutoff)
+        return Neighbours(i.cpu().numpy(), j.cpu().numpy(), S.cpu().numpy())
+    if backend != "matscipy":
+        raise ValueError(f"neighbour backend must be matscipy or torch, got {backend!r}")
     moved, search_cell = _search_cell(positions, cell, pbc, cutoff)
     i, j, S = _matscipy_neighbour_list("ijS", positions=moved, cell=search_cell, pbc=pbc, cutoff=cutoff)
     S = S.astype(np.int64)
@@ -118,10 +130,11 @@ class VerletList:
     periodic, or new atoms or periodicity, always rebuild.
     """
 
-    def __init__(self, cutoff: float, skin: float = 1.0):
+    def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "matscipy", device=None):
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")
         self.cutoff, self.skin = float(cutoff), float(skin)
+        self.backend, self.device = backend, device
         self._state = None
         self.builds = 0
 
@@ -144,7 +157,7 @@ class VerletList:
                     eps = np.linalg.norm(strain, 2)
                     if 2 * moved + eps * (self.cutoff + self.skin) <= self.skin:
                         return neighbours, False
-        neighbours = neighbour_list(positions, cell, pbc, self.cutoff + self.skin)
+        neighbours = neighbour_list(positions, cell, pbc, self.cutoff + self.skin, self.backend, self.device)
         self._state = (positions.copy(), cell.copy(), pbc.copy(), numbers.copy(), neighbours)
         self.builds += 1
         return neighbours, True

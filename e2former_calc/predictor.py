@@ -46,14 +46,20 @@ class Predictor:
         dtype: ``"float64"`` (default) or ``"float32"``.
         skin: Verlet skin (Å) for :meth:`compute` on a sequence of similar structures (MD);
             0 rebuilds the neighbour list at every call. Batches never use it.
+        neighbours: ``"auto"`` (the torch cell list on a GPU, matscipy on the CPU),
+            ``"matscipy"`` or ``"torch"`` (see :func:`~e2former_calc.neighbours.neighbour_list`).
     """
 
-    def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0):
+    def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0, neighbours: str = "auto"):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.forcefield = ForceField.frozen(model, self.device, self.dtype)
         self.cutoff = float(model.config.cutoff)
-        self.verlet = VerletList(self.cutoff, skin)
+        if neighbours == "auto":
+            neighbours = "torch" if self.device.type == "cuda" else "matscipy"
+        if neighbours not in ("matscipy", "torch"):
+            raise ValueError(f"neighbours must be auto, matscipy or torch, got {neighbours!r}")
+        self.verlet = VerletList(self.cutoff, skin, neighbours, self.device)
         self._reused = None  # (AtomGraph, ConvPlan) kept while the Verlet list holds
 
     @property

@@ -35,12 +35,15 @@ class E2FormerCalculator(Calculator):
             fastest of 0, 0.3, 0.5 and 1 Å for 864 Cu atoms at 1,000 K (209, 221, 218, 307 ms per step).
         metadata: what the potential file says about itself (kept for ``save``).
         quiet: do not print the one-line description of the loaded potential.
+        neighbours: ``"auto"`` (a torch cell list on a GPU, matscipy on the CPU), ``"matscipy"``
+            or ``"torch"``: who searches the neighbour list (the same pairs either way).
     """
 
-    def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.3, metadata=None, quiet=False, **kwargs):
+    def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.3, metadata=None, quiet=False,
+                 neighbours: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-        self.predictor = Predictor(model, device=device, dtype=dtype, skin=skin)
+        self.predictor = Predictor(model, device=device, dtype=dtype, skin=skin, neighbours=neighbours)
         # the weights as given (e.g. float64 from the file), for save(): the predictor's copy may be float32
         self._weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.metadata = dict(metadata or {})
