@@ -195,7 +195,8 @@ class E2FormerModel(ModelInterface):
             per_system.append(where)
 
         if len(self._verlets) != n_systems:
-            self._verlets = [VerletList(self.cutoff, self.skin) for _ in range(n_systems)]
+            search = "torch" if self._device.type == "cuda" else "matscipy"  # the cell list on a GPU
+            self._verlets = [VerletList(self.cutoff, self.skin, search, self._device) for _ in range(n_systems)]
             self._previous = [None] * n_systems
             self._reused = None
         if self.skin > 0:  # undo torch-sim's wrapping of atoms into the cell (0.3.0 wraps at every MD step)
