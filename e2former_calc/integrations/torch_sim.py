@@ -6,7 +6,7 @@
 
 :class:`E2FormerModel` implements ``torch_sim.models.interface.ModelInterface``. Each call turns
 the ``SimState`` into an :class:`~e2former_calc.graph.AtomGraph` (one neighbour list per system,
-from :func:`~e2former_calc.neighbours.neighbour_list`, matscipy on the CPU) and evaluates it with
+from :func:`~e2former_calc.neighbours.neighbour_list`: matscipy on the CPU, a torch cell list on a GPU) and evaluates it with
 the :class:`~e2former_calc.forces.ForceField`: energies, forces ``-dE/dx`` and the stress
 ``(1/V) dE/d(epsilon)`` (ASE's sign, positive is tensile, which is what torch-sim's integrators
 and optimizers take: pressure ``= -trace(stress) / 3``), from one backward pass. The stress of a
