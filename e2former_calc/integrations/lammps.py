@@ -243,22 +243,23 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
             return
         pair_i = _host(data.pair_i)[:npairs]
         pair_j = _host(data.pair_j)[:npairs]
-        rij = data.rij
         device = runtime["device"]
-        if isinstance(rij, torch.Tensor):
-            device = rij.device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        vectors_all = torch.as_tensor(_host(rij)[:npairs] if not isinstance(rij, torch.Tensor) else rij[:npairs],
-                                      dtype=torch.float64).to(device)
+        if isinstance(data.rij, torch.Tensor):
+            device = data.rij.device
+        vectors_all = _pair_vectors(data, npairs, device)
         graph = self._pair_graph(runtime, nlocal, ntotal, pair_i, pair_j, species, vectors_all, device)
         vectors = vectors_all.index_select(0, graph["kept_edges"]) if graph["kept_edges"] is not None else vectors_all
         out = runtime["forcefield"].pair_forward(graph["species"], graph["forest"], vectors, graph["plan"],
                                                  energy_mask=graph["owned"], stages=graph["stages"])
+        self._hand_back(data, out, graph["kept_edges"], npairs, device, graph["node_of"][iatoms])
+
+    def _hand_back(self, data, out, kept_edges, npairs, device, rows):
+        """``dE/dr_ij`` of every pair (zero for the pairs not evaluated), the energy and the
+        per-atom energies (``out["atom_energies"][rows]``, in ``iatoms`` order) to LAMMPS."""
         gradients = out["pair_gradients"]
-        if graph["kept_edges"] is not None:
+        if kept_edges is not None:
             full = torch.zeros((npairs, 3), dtype=torch.float64, device=device)
-            full.index_copy_(0, graph["kept_edges"], gradients)
+            full.index_copy_(0, kept_edges, gradients)
             gradients = full
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -266,8 +267,7 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
         if not np.isfinite(energy):
             _fail(FloatingPointError(f"{self.name} returned a non-finite energy; its weights may be damaged"))
         data.update_pair_forces(np.ascontiguousarray(gradients.detach().cpu().numpy(), dtype=np.float64))
-        atom_energies = out["atom_energies"].detach().cpu().numpy()
-        data.eatoms = np.ascontiguousarray(atom_energies[graph["node_of"][iatoms]], dtype=np.float64)
+        data.eatoms = np.ascontiguousarray(out["atom_energies"].detach().cpu().numpy()[rows], dtype=np.float64)
         data.energy = energy
 
     def _compute_with_exchange(self, data):
@@ -302,11 +302,7 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
                 data.eatoms = np.ascontiguousarray(e0, dtype=np.float64)
             data.energy = float(e0.sum())
             return
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rij = data.rij
-        vectors_all = torch.as_tensor(_host(rij)[:npairs] if not isinstance(rij, torch.Tensor) else rij[:npairs],
-                                      dtype=torch.float64).to(device)
+        vectors_all = _pair_vectors(data, npairs, device)
         graph = self._exchange_graph(runtime, nlocal, ntotal, pair_i, _host(data.pair_j)[:npairs].astype(np.int64),
                                      local_pairs, species, vectors_all, device)
         vectors = vectors_all.index_select(0, graph["kept_edges"])
@@ -316,17 +312,7 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
 
         out = runtime["forcefield"].pair_forward(graph["species"], graph["forest"], vectors, graph["plan"],
                                                  energy_mask=graph["owned"], exchange=exchange)
-        gradients = torch.zeros((npairs, 3), dtype=torch.float64, device=device)
-        gradients.index_copy_(0, graph["kept_edges"], out["pair_gradients"])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        energy = float(out["energy"])
-        if not np.isfinite(energy):
-            _fail(FloatingPointError(f"{self.name} returned a non-finite energy; its weights may be damaged"))
-        data.update_pair_forces(np.ascontiguousarray(gradients.detach().cpu().numpy(), dtype=np.float64))
-        iatoms = _host(data.iatoms)[:nlist].astype(np.int64)
-        data.eatoms = np.ascontiguousarray(out["atom_energies"].detach().cpu().numpy()[iatoms], dtype=np.float64)
-        data.energy = energy
+        self._hand_back(data, out, graph["kept_edges"], npairs, device, _host(data.iatoms)[:nlist].astype(np.int64))
 
     def _exchange_graph(self, runtime, nlocal, ntotal, pair_i, pair_j, local_pairs, species, vectors_all, device):
         """All ``ntotal`` atoms as nodes (the exchange works on LAMMPS's atom order), the pairs
@@ -531,6 +517,16 @@ def _hop_distances(receivers: np.ndarray, senders: np.ndarray, n_nodes: int, n_o
         frontier[:] = False
         frontier[reached] = True
     return hops
+
+
+def _pair_vectors(data, npairs: int, device) -> torch.Tensor:
+    """``[npairs, 3]`` float64 ``r_ij`` of LAMMPS's pairs on ``device`` (after the device's
+    pending work, for arrays LAMMPS hands on a GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rij = data.rij
+    rij = rij[:npairs] if isinstance(rij, torch.Tensor) else _host(rij)[:npairs]
+    return torch.as_tensor(rij, dtype=torch.float64).to(device)
 
 
 def _host(array) -> np.ndarray:
