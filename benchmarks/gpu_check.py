@@ -9,9 +9,10 @@ and the run stops adding sizes once its budget is spent):
    factors of about 2 to 1,000,188 atoms (63^3 cubic cells) or the largest that fits; per size
    the time per atom, atom·steps/s and peak GPU memory per atom (``max_memory_allocated``); an
    out-of-memory error ends that dtype's series and is recorded;
-3. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
+3. the neighbour search: the torch cell list on the GPU against matscipy on the CPU, by size;
+4. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
    108-atom Cu cells, float32 with and without TF32 and float64;
-4. MACE (``mace-torch`` with its ``cuequivariance`` acceleration when they import there) of about
+5. MACE (``mace-torch`` with its ``cuequivariance`` acceleration when they import there) of about
    the same size on the same cells, else the reason it did not run.
 
     python benchmarks/gpu_check.py --output results/gpu_check.json       # on the GPU machine
@@ -128,6 +129,40 @@ def scaling(device, dtype: str, repeats, budget: float, md: bool = True) -> list
             reset_peak(device)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    return rows
+
+
+def neighbour_search(device, repeats, budget: float) -> list[dict]:
+    """Seconds of one neighbour search (cutoff 5.3 Å: e2former-emt-cu's plus its skin): the torch
+    cell list on ``device`` against matscipy on the CPU, with the pair counts (which must agree)."""
+    import torch
+    from ase.build import bulk
+
+    from e2former_calc.cell_list import cell_list
+    from e2former_calc.neighbours import neighbour_list
+
+    rows, start = [], time.perf_counter()
+    for n in repeats:
+        if time.perf_counter() - start > budget:
+            break
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n)
+        atoms.rattle(0.05, seed=0)
+        t0 = time.perf_counter()
+        reference = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.3)
+        cpu_s = time.perf_counter() - t0
+        positions, cell = torch.tensor(atoms.positions, device=device), torch.tensor(atoms.cell.array, device=device)
+        try:
+            cell_list(positions, cell, atoms.pbc, 5.3)  # warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            receivers, _, _ = cell_list(positions, cell, atoms.pbc, 5.3)
+            sync(device)
+            rows.append({"n_atoms": len(atoms), "matscipy_cpu_s": cpu_s, "cell_list_s": time.perf_counter() - t0,
+                         "pairs_equal_count": int(receivers.numel()) == len(reference.receivers)})
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"n_atoms": len(atoms), "error": "out of memory"})
+            break
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -254,6 +289,7 @@ def main(argv=None) -> int:
     if not args.skip_tests:
         report["cuda_tests"] = cuda_tests(budgets["tests"])
     report["scaling"] = {dtype: scaling(device, dtype, repeats, budgets[dtype]) for dtype in ("float32", "float64")}
+    report["neighbours"] = neighbour_search(device, repeats, 30 if args.cpu_smoke else 40)
     report["training"] = training_step(device, args.cpu_smoke)
     report["mace"] = mace_comparison(device, repeats, budgets["mace"], args.mace_python, args.mace_site)
     report["seconds"] = time.perf_counter() - started
