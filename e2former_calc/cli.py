@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process is the command's: large systems reuse freed memory (allocator.py)
     from .training.data import read_frames
     from .workflows import energy_drift_text, run_eval, run_md, run_relax
 
