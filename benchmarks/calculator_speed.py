@@ -23,26 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from proc_memory import available_kib, peak_rss_kib  # benchmarks/proc_memory.py
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {100: 3, 1000: 6, 10000: 14}  # cubic fcc repeats: 4 n^3 atoms (108, 864, 10976)
 SKIN = 0.3  # Å, the calculator's default
 
 
-def _proc_kib(path: str, key: str) -> int:
-    """A ``key: N kB`` value of a /proc file, in KiB (0 where there is none)."""
-    with open(path) as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def peak_rss_kib() -> int:
-    return _proc_kib("/proc/self/status", "VmHWM")
-
-
-def available_kib() -> int:
-    return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def measure_one(size: int, preset: str, dtype: str, repeats: int, device: str) -> dict:

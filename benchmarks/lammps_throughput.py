@@ -25,6 +25,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from proc_memory import available_kib  # benchmarks/proc_memory.py
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = {4000: 10, 32000: 20}  # cubic fcc repeats: 4 n^3 atoms
 LATTICE = 3.61
@@ -80,12 +82,6 @@ ASE_DRIVER = textwrap.dedent('''
 ''')
 
 
-def available_kib() -> int:
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1])
-    return 0
 
 
 def mpirun(nprocs: int) -> list[str]:

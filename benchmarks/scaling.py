@@ -42,25 +42,13 @@ import sys
 import time
 from pathlib import Path
 
+from proc_memory import available_kib, peak_rss_kib  # benchmarks/proc_memory.py
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SKIN = 0.3  # Å, the calculator's default
 
 
-def _proc_kib(path: str, key: str) -> int:
-    with open(path) as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def peak_rss_kib() -> int:
-    return _proc_kib("/proc/self/status", "VmHWM")
-
-
-def available_kib() -> int:
-    return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def _calculator(args, skin):
