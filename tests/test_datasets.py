@@ -19,8 +19,8 @@ def run(script, *args):
 
 
 def test_copper_recipe_is_deterministic_and_labelled(tmp_path):
-    run("emt_copper.py", "--out", tmp_path / "a", "--scale", "0.02")
-    run("emt_copper.py", "--out", tmp_path / "b", "--scale", "0.02")
+    run("emt_copper.py", "--out", tmp_path / "a", "--scale", "0.02", "--kinds", "classic")
+    run("emt_copper.py", "--out", tmp_path / "b", "--scale", "0.02", "--kinds", "classic")
     frames = read(tmp_path / "a" / "all.extxyz.gz", index=":")
     again = read(tmp_path / "b" / "all.extxyz.gz", index=":")
     assert len(frames) == len(again) == 30  # 5 + 5 + 4 + 3 + 3 structures, 10 MD frames
@@ -41,6 +41,59 @@ def test_copper_recipe_is_deterministic_and_labelled(tmp_path):
     atoms = frames[3].copy()
     atoms.calc = EMT()
     assert abs(atoms.get_potential_energy() - frames[3].info["REF_energy"]) < 1e-5
+
+
+def test_extended_copper_recipe_keeps_the_classic_frames_and_holds_out_whole_trajectories(tmp_path):
+    run("emt_copper.py", "--out", tmp_path / "classic", "--scale", "0.02", "--kinds", "classic")
+    run("emt_copper.py", "--out", tmp_path / "extended", "--scale", "0.02")
+    classic = read(tmp_path / "classic" / "all.extxyz.gz", index=":")
+    frames = read(tmp_path / "extended" / "all.extxyz.gz", index=":")
+    for f, g in zip(classic, frames):  # the extra kinds come from their own generator, after the classic ones
+        np.testing.assert_array_equal(f.positions, g.positions)
+    kinds = {f.info["config_type"] for f in frames[len(classic):]}
+    assert {"surface_110", "adatom", "vacancy_cluster", "planar_defect", "liquid", "isolated_atom"} <= kinds
+    lone = [f for f in frames if f.info["config_type"] == "isolated_atom"]
+    assert len(lone) == 1 and len(lone[0]) == 1
+    from ase.neighborlist import neighbor_list
+
+    assert min(neighbor_list("d", f, 2.5).min(initial=9.0) for f in frames if len(f) > 1) > 1.5  # no adatom on an adatom
+    parts = {p: read(tmp_path / "extended" / f"{p}.extxyz.gz", index=":") for p in ("train", "valid", "test")}
+    assert sorted(f.info["frame"] for p in parts.values() for f in p) == list(range(len(frames)))
+    trajectories = {p: {f.info["trajectory"] for f in part if "trajectory" in f.info} for p, part in parts.items()}
+    assert not trajectories["test"] & (trajectories["train"] | trajectories["valid"])
+    tested = {f.info["config_type"] for f in parts["test"] if "trajectory" in f.info}
+    assert {"md_300K", "md_1500K", "liquid"} <= tested  # one whole trajectory of each MD kind
+
+
+def test_organic_recipe_holds_out_whole_trajectories(tmp_path):
+    pytest.importorskip("tblite")
+    pytest.importorskip("rdkit")
+    out = run("xtb_organic.py", "--out", tmp_path, "--molecules", "ethanol", "malonaldehyde", "--conformers", "2",
+              "--temperatures", "300", "700", "--frames", "3", "--equilibrate", "2", "--interval", "2", "--rattles", "1",
+              "--valid", "1", "--workers", "2")
+    # per molecule 2 conformers x 2 temperatures x 3 frames; one trajectory per temperature is test;
+    # train: the rest minus 1 valid, plus 2 minima and 2 rattles; plus 4 isolated atoms
+    assert "train: 22, valid: 2, test: 12" in out
+    parts = {p: read(tmp_path / f"{p}.extxyz.gz", index=":") for p in ("train", "valid", "test")}
+    test = {f.info["trajectory"] for f in parts["test"]}
+    assert len(test) == 4 and not test & {f.info["trajectory"] for f in parts["train"] + parts["valid"]}
+    assert {f.info["temperature_K"] for f in parts["test"]} == {300.0, 700.0}
+    lone = {f.get_chemical_symbols()[0]: f.info["REF_energy"] for f in parts["train"] if len(f) == 1}
+    assert sorted(lone) == ["C", "H", "N", "O"] and all(e < 0 for e in lone.values())
+    minima = read(tmp_path / "minima.extxyz.gz", index=":")
+    assert len(minima) == 4 and max(np.abs(m.arrays["REF_forces"]).max() for m in minima) < 0.02
+    # malonaldehyde's two enols (Z with its internal hydrogen bond, and E) both start trajectories
+    starts = read(tmp_path / "raw" / "malonaldehyde" / "conformers.extxyz", index=":")
+    oxygen = [np.flatnonzero(np.array(s.get_chemical_symbols()) == "O") for s in starts]
+    distances = sorted(float(s.get_distance(*o)) for s, o in zip(starts, oxygen))
+    assert distances[0] < 3.0 < distances[1]
+    # a stopped run resumes: nothing is recomputed, the same files come out
+    again = run("xtb_organic.py", "--out", tmp_path, "--molecules", "ethanol", "malonaldehyde", "--conformers", "2",
+                "--temperatures", "300", "700", "--frames", "3", "--equilibrate", "2", "--interval", "2", "--rattles", "1",
+                "--valid", "1")
+    assert "12 of 12 trajectories already done; running 0" in again
+    assert [f.info["REF_energy"] for f in read(tmp_path / "test.extxyz.gz", index=":")] == \
+        [f.info["REF_energy"] for f in parts["test"]]
 
 
 def test_xtb_recipe_labels_with_gfn2(tmp_path):

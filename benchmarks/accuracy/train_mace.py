@@ -97,6 +97,12 @@ def parse_args(argv=None):
         help="train and evaluate stress (REF_stress, periodic data such as copper)",
     )
     p.add_argument(
+        "--e0s",
+        choices=("average", "isolated"),
+        default="average",
+        help="MACE's E0s: least squares on the training set, or the training file's one-atom frames",
+    )
+    p.add_argument(
         "--results-dir",
         type=Path,
         default=DEFAULT_RESULTS_DIR,
@@ -407,6 +413,14 @@ def skip_final_error_tables():
     rt.create_error_table = lambda *a, **kw: "(skipped by train_mace.py; test set evaluated separately)"
 
 
+def isolated_atom_e0s(train_file: Path) -> str:
+    """MACE's ``--E0s`` as a mapping atomic number: energy, from the one-atom frames of the file."""
+    e0s = {int(f.numbers[0]): float(f.info[ENERGY_KEY]) for f in read_frames(train_file) if len(f) == 1}
+    if not e0s:
+        raise SystemExit(f"--e0s isolated: {train_file} has no one-atom frame")
+    return str(e0s)
+
+
 def mace_arguments(args, paths: dict, channels: int, mace_dir: Path) -> list[str]:
     margs = [
         "--name",
@@ -428,7 +442,7 @@ def mace_arguments(args, paths: dict, channels: int, mace_dir: Path) -> list[str
         "--forces_key",
         FORCES_KEY,
         "--E0s",
-        "average",
+        isolated_atom_e0s(paths["train"]) if args.e0s == "isolated" else "average",
         "--model",
         "MACE",
         "--r_max",

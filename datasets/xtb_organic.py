@@ -1,0 +1,239 @@
+"""xTB-organic: the ten rMD17 molecules from many starting conformers and temperatures, GFN2-xTB labels.
+
+The data set the shipped organic potential trains on. Per molecule:
+
+- **Starting conformers.** rdkit ETKDG ensembles (20 embeddings per isomer, MMFF-relaxed, seeded)
+  of every isomer in ``ISOMERS`` (both azobenzene isomers, both malonaldehyde enols), reduced to
+  ``--conformers`` by farthest-point selection on the symmetry-aware heavy-atom RMSD, starting
+  from each isomer's lowest-MMFF conformer (so every isomer is kept). For aspirin this picks
+  different ester/acid rotamers.
+- **Trajectories.** From every conformer, Langevin MD at each of ``--temperatures`` (default 300,
+  500, 700 and 1,000 K) with GFN2-xTB forces (``tblite``, defaults), 0.5 fs steps, friction
+  0.01/fs, Maxwell-Boltzmann start; after ``--equilibrate`` steps a frame every ``--interval``
+  steps until ``--frames`` are kept. Each trajectory has its own seed.
+- **Near-minimum samples.** Every conformer relaxed with xTB (BFGS, fmax 0.005 eV/Å): the relaxed
+  geometry (``near_minimum`` frame, also written as the labeller's minimum) and ``--rattles``
+  Gaussian displacements of it (sigma uniform in 0.005-0.05 Å).
+- **Isolated atoms** H, C, N, O in their ground-state spin multiplicity (2, 3, 4, 3), for
+  ``e0: isolated_atoms``.
+
+Splits (fixed by ``--seed``): per molecule and temperature, **one whole trajectory** is the test
+set (the conformer index rotates with the temperature, shifted by a seeded offset per molecule),
+so no test frame comes from a trajectory trained on; ``--valid`` frames per molecule are drawn from
+the training trajectories; near-minimum frames and isolated atoms are training data.
+
+Every trajectory is its own file under ``OUT/raw/<molecule>/``: a stopped run resumes, reusing what
+is finished. Workers run one trajectory each with ``OMP_NUM_THREADS=1``: deterministic for a given
+machine and library build.
+
+Usage::
+
+    pip install -e ".[data]"
+    python datasets/xtb_organic.py --out datasets/xtb-organic          # the shipped data set
+    python datasets/xtb_organic.py --out /tmp/x --molecules ethanol --conformers 2 \
+        --temperatures 300 700 --frames 4 --equilibrate 4 --interval 2 --rattles 2 --valid 1
+
+Writes ``OUT/{train,valid,test}.extxyz.gz`` (``config_type`` = molecule, or ``isolated_atom``; info
+``temperature_K``, ``trajectory``, ``conformer``), ``OUT/minima.extxyz.gz`` (the xTB minimum of each
+conformer) and ``OUT/splits.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before numpy/tblite load: one thread per worker
+
+import numpy as np  # noqa: E402
+from ase import Atoms, units  # noqa: E402
+from ase.md.langevin import Langevin  # noqa: E402
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import label, write_frames, write_json  # noqa: E402
+from xtb_rmd17 import FRICTION, MOLECULES, TIMESTEP  # noqa: E402
+
+from e2former_calc.training.data import read_frames  # noqa: E402  (fast for .gz)
+
+ISOMERS = {name: [smiles] for name, smiles in MOLECULES.items()}
+ISOMERS["azobenzene"].append("C1=CC=C(C=C1)/N=N\\C2=CC=CC=C2")  # cis
+ISOMERS["malonaldehyde"].append("O/C=C/C=O")  # E enol, no internal hydrogen bond
+TEMPERATURES = (300, 500, 700, 1000)  # K
+MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}  # ground-state spin multiplicity of the free atom
+EMBEDDINGS = 20  # rdkit embeddings per isomer before selection
+
+
+def _xtb(**parameters):
+    from tblite.ase import TBLite
+
+    return TBLite(method="GFN2-xTB", verbosity=0, **parameters)
+
+
+def conformers(name: str, count: int, seed: int) -> list[Atoms]:
+    """``count`` starting geometries of a molecule, spread over its isomers and rotamers.
+
+    ETKDG embeddings (``EMBEDDINGS`` per isomer, seeded) relaxed with MMFF; the first picks are the
+    lowest-MMFF conformer of each isomer, then farthest-point selection on the heavy-atom RMSD after
+    the best symmetry-aware alignment (``rdMolAlign.GetBestRMS``)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, rdMolAlign
+
+    pool = []  # (isomer, heavy-atom molecule with one conformer, MMFF energy, Atoms)
+    for isomer, smiles in enumerate(ISOMERS[name]):
+        molecule = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        ids = list(AllChem.EmbedMultipleConfs(molecule, numConfs=EMBEDDINGS, randomSeed=seed + isomer))
+        if not ids:
+            raise RuntimeError(f"rdkit could not embed {name} ({smiles})")
+        energies = AllChem.MMFFOptimizeMoleculeConfs(molecule, maxIters=2000)
+        symbols = [a.GetSymbol() for a in molecule.GetAtoms()]
+        for cid, (_, energy) in zip(ids, energies):
+            heavy = Chem.RemoveHs(Chem.Mol(molecule, confId=cid))
+            pool.append((isomer, heavy, energy, Atoms(symbols, positions=molecule.GetConformer(cid).GetPositions())))
+
+    def rms(i, j):
+        return rdMolAlign.GetBestRMS(Chem.Mol(pool[i][1]), Chem.Mol(pool[j][1]))
+
+    chosen = [min((k for k in range(len(pool)) if pool[k][0] == isomer), key=lambda k: pool[k][2])
+              for isomer in range(len(ISOMERS[name]))][:count]
+    distance = np.array([min(rms(k, c) for c in chosen) for k in range(len(pool))])
+    while len(chosen) < count:
+        pick = int(np.argmax(distance))  # ties (symmetric molecules: all ~0) take the first
+        chosen.append(pick)
+        distance = np.minimum(distance, [rms(k, pick) for k in range(len(pool))])
+    return [pool[k][3] for k in chosen]
+
+
+def trajectory_seed(seed: int, name: str, temperature: float, conformer: int) -> int:
+    return seed * 100_003 + sorted(MOLECULES).index(name) * 1009 + int(temperature) * 7 + conformer
+
+
+def run_trajectory(name: str, start: Atoms, temperature: float, conformer: int, args) -> list:
+    """Langevin MD with xTB from one conformer at one temperature; the kept frames, labelled."""
+    seed = trajectory_seed(args.seed, name, temperature, conformer)
+    atoms = start.copy()
+    calculator = _xtb()
+    atoms.calc = calculator
+    rng = np.random.default_rng(seed)
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    dynamics = Langevin(atoms, TIMESTEP * units.fs, temperature_K=temperature, friction=FRICTION / units.fs,
+                        fixcm=False, rng=rng)
+    dynamics.run(args.equilibrate)
+    frames = []
+    for k in range(args.frames):
+        dynamics.run(args.interval)
+        frames.append(label(atoms, calculator, config_type=name, temperature_K=float(temperature),
+                            trajectory=f"{name}_{int(temperature)}K_c{conformer}", conformer=conformer, frame=k))
+    return frames
+
+
+def run_near_minimum(name: str, start: Atoms, conformer: int, args) -> list:
+    """The xTB minimum from one conformer (first frame) and Gaussian rattles of it, labelled."""
+    from ase.optimize import BFGS
+
+    atoms = start.copy()
+    atoms.calc = _xtb()
+    BFGS(atoms, logfile=None).run(fmax=0.005, steps=1000)
+    minimum = atoms.copy()
+    rng = np.random.default_rng(trajectory_seed(args.seed, name, 0, conformer))
+    info = dict(config_type=name, temperature_K=0.0, trajectory=f"{name}_minimum_c{conformer}", conformer=conformer)
+    frames = [label(minimum, _xtb(), frame=0, **info)]
+    for k in range(args.rattles):
+        rattled = minimum.copy()
+        rattled.positions += rng.normal(0.0, rng.uniform(0.005, 0.05), rattled.positions.shape)
+        frames.append(label(rattled, _xtb(), frame=k + 1, **info))
+    return frames
+
+
+def isolated_atoms() -> list:
+    """H, C, N, O alone, in their ground-state multiplicity."""
+    return [label(Atoms(symbol), _xtb(multiplicity=m), config_type="isolated_atom", temperature_K=0.0,
+                  trajectory=f"isolated_{symbol}", conformer=0, frame=0) for symbol, m in MULTIPLICITY.items()]
+
+
+def test_conformer(args, name: str, temperature_index: int) -> int:
+    """The conformer whose trajectory at this temperature is test data."""
+    offset = int(np.random.default_rng([args.seed, sorted(MOLECULES).index(name)]).integers(args.conformers))
+    return (offset + temperature_index) % args.conformers
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--molecules", nargs="+", default=sorted(MOLECULES), choices=sorted(MOLECULES))
+    parser.add_argument("--conformers", type=int, default=3, help="starting conformers per molecule")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=TEMPERATURES)
+    parser.add_argument("--frames", type=int, default=60, help="frames kept per trajectory")
+    parser.add_argument("--interval", type=int, default=20, help="MD steps between kept frames")
+    parser.add_argument("--equilibrate", type=int, default=200, help="MD steps before the first kept frame")
+    parser.add_argument("--rattles", type=int, default=10, help="rattled frames around each xTB minimum")
+    parser.add_argument("--valid", type=int, default=40, help="validation frames per molecule")
+    parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if args.conformers < 2:
+        parser.error("--conformers must be at least 2: one trajectory per temperature is held out for test")
+
+    raw = args.out / "raw"
+    starts = {}
+    for name in args.molecules:
+        path = raw / name / "conformers.extxyz"
+        if not path.exists():
+            write_frames(path, conformers(name, args.conformers, args.seed + sorted(MOLECULES).index(name)))
+        starts[name] = read_frames(path)
+        if len(starts[name]) != args.conformers:
+            raise RuntimeError(f"{path} has {len(starts[name])} conformers, expected {args.conformers}; delete it")
+
+    jobs = {}  # raw file -> (function, arguments)
+    for name in args.molecules:
+        for c, start in enumerate(starts[name]):
+            for temperature in args.temperatures:
+                jobs[raw / name / f"{int(temperature)}K_c{c}.extxyz.gz"] = (run_trajectory, (name, start, temperature, c, args))
+            jobs[raw / name / f"minimum_c{c}.extxyz.gz"] = (run_near_minimum, (name, start, c, args))
+    todo = {path: job for path, job in jobs.items() if not path.exists()}
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} trajectories already done; running {len(todo)}", flush=True)
+    begin = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, min(args.workers, len(todo) or 1))) as pool:
+        futures = {path: pool.submit(function, *arguments) for path, (function, arguments) in todo.items()}
+        for k, (path, future) in enumerate(futures.items()):
+            write_frames(path, future.result())  # one file per trajectory: a crash keeps the rest
+            print(f"{k + 1}/{len(todo)} {path.relative_to(raw)}, {time.perf_counter() - begin:.0f} s", flush=True)
+
+    parts = {"train": list(isolated_atoms()), "valid": [], "test": []}
+    minima, splits = [], {}
+    for name in args.molecules:
+        training, tests = [], []
+        for c in range(args.conformers):
+            near = read_frames(raw / name / f"minimum_c{c}.extxyz.gz")
+            minima.append(near[0])
+            parts["train"].extend(near)
+            for t, temperature in enumerate(args.temperatures):
+                frames = read_frames(raw / name / f"{int(temperature)}K_c{c}.extxyz.gz")
+                (tests if c == test_conformer(args, name, t) else training).append(frames)
+        flat = [f for frames in training for f in frames]
+        order = np.random.default_rng([args.seed, sorted(MOLECULES).index(name), 1]).permutation(len(flat))
+        valid = set(order[:args.valid].tolist())
+        parts["valid"].extend(flat[i] for i in sorted(valid))
+        parts["train"].extend(f for i, f in enumerate(flat) if i not in valid)
+        parts["test"].extend(f for frames in tests for f in frames)
+        splits[name] = {"test_trajectories": [frames[0].info["trajectory"] for frames in tests],
+                        "valid_frames": len(valid), "train_frames": len(flat) - len(valid) + args.conformers * (1 + args.rattles)}
+    for part, frames in parts.items():
+        write_frames(args.out / f"{part}.extxyz.gz", frames)
+    write_frames(args.out / "minima.extxyz.gz", minima)
+    write_json(args.out / "splits.json", {"seed": args.seed, "settings": {
+        "temperatures_K": list(args.temperatures), "conformers": args.conformers, "timestep_fs": TIMESTEP,
+        "friction_per_fs": FRICTION, "interval": args.interval, "equilibrate": args.equilibrate, "frames": args.frames,
+        "rattles": args.rattles, "method": "GFN2-xTB (tblite, defaults)"},
+        "isomers": {m: ISOMERS[m] for m in args.molecules}, "splits": splits})
+    print(f"wrote {', '.join(f'{p}: {len(f)}' for p, f in parts.items())} frames to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
