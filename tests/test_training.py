@@ -319,6 +319,38 @@ def test_a_second_stage_raises_the_energy_weight_and_picks_its_own_best_epoch(co
             parse_config(values)
 
 
+def test_a_second_stage_may_change_on_resume_until_it_begins(copper_data, tmp_path):
+    """Epochs before a stage are the same with or without it: a run whose stage was moved while
+    neither had begun equals one configured that way from the start; after, a change is refused."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop_after_the_first_epoch(message):  # the epoch's checkpoint is written before its message
+        if message.startswith("epoch 1:"):
+            raise Stopped
+
+    early = {"start_epoch": 1, "loss": {"energy": 50.0}}
+    values = yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "moved", max_epochs=3,
+                                         second_stage={"start_epoch": 2, "loss": {"energy": 50.0}}).read_text())
+    with pytest.raises(Stopped):
+        Trainer(parse_config(values), progress=False, log=stop_after_the_first_epoch).run()
+    values["training"]["second_stage"] = early
+    messages = []
+    moved = Trainer(parse_config(values), progress=False, log=messages.append)
+    moved.run()
+    assert any("second_stage changed" in m and "before either began" in m for m in messages)
+    direct = Trainer(parse_config(yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "direct", max_epochs=3,
+                                                              second_stage=early).read_text())),
+                     progress=False, log=lambda m: None)
+    direct.run()
+    for name, value in direct.model.state_dict().items():
+        torch.testing.assert_close(moved.model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    values["training"]["second_stage"] = {"start_epoch": 1, "loss": {"energy": 5.0}}  # that stage has run
+    with pytest.raises(CheckpointError, match="second_stage changed"):
+        Trainer(parse_config(values), progress=False, log=lambda m: None).run()
+
+
 def test_two_processes_train_like_one(copper_data, tmp_path):
     """torchrun with two CPU processes (gloo): each takes half of every batch and the gradients
     are summed, so the weights after an epoch equal those of one process (float64 round-off)."""

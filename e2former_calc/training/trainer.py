@@ -363,8 +363,9 @@ class Trainer:
                                   "delete it or use --restart") from None
         if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{self.checkpoint_path} is not an e2former-calc training checkpoint")
-        if content["fingerprint"] != self._fingerprint():
-            old, new = content["fingerprint"], self._fingerprint()
+        self._check_second_stage(content["fingerprint"], int(content["epoch"]))
+        if _without_stage(content["fingerprint"]) != _without_stage(self._fingerprint()):
+            old, new = _without_stage(content["fingerprint"]), _without_stage(self._fingerprint())
             changed = sorted(f"{section}.{k}" if isinstance(new.get(section), dict) else section
                              for section in set(old) | set(new)
                              for k in ((set(old.get(section, {})) | set(new.get(section, {})))
@@ -386,7 +387,22 @@ class Trainer:
             step = self.epoch * self.steps_per_epoch
             before = self._learning_rate(step, old_epochs)
             self.log(f"note: max_epochs changed from {old_epochs} to {self.config.training.max_epochs}: the cosine "
-                     f"schedule is stretched, the learning rate goes from {before:.3g} to {self.learning_rate(step):.3g}")
+                     f"schedule is rescaled, the learning rate goes from {before:.3g} to {self.learning_rate(step):.3g}")
+
+    def _check_second_stage(self, fingerprint: dict, epochs_done: int) -> None:
+        """A second stage may be added, moved or changed on resume while neither the checkpoint's
+        nor the new one has begun (the epochs done are the same under both); not after."""
+        before = fingerprint.get("training", {}).get("second_stage")
+        after = self.config.training.second_stage
+        if before == after:
+            return
+        begun = min(stage["start_epoch"] for stage in (before, after) if stage is not None)
+        if epochs_done > begun:  # stage epochs are those after `start_epoch` epochs done
+            raise CheckpointError(f"{self.checkpoint_path}: training.second_stage changed ({before} -> {after}), but "
+                                  f"one of them began after epoch {begun} and {epochs_done} epochs are done; keep it, "
+                                  "use another output folder or --restart")
+        self.log(f"note: training.second_stage changed from {before} to {after} before either began "
+                 f"({epochs_done} epochs done)")
 
     def _write_log(self) -> None:
         if not self.history:
@@ -491,6 +507,12 @@ class Trainer:
 def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> Path:
     """Train as configured (resuming when a checkpoint exists); the path of the potential file."""
     return Trainer(config, restart=restart, progress=progress).run()
+
+
+def _without_stage(fingerprint: dict) -> dict:
+    """A checkpoint fingerprint without ``training.second_stage`` (checked on its own)."""
+    training = {k: v for k, v in fingerprint.get("training", {}).items() if k != "second_stage"}
+    return {**fingerprint, "training": training}
 
 
 def _without_old_readout_bias(content: dict, parameter_names: list[str]) -> dict:
