@@ -32,6 +32,7 @@ Example (every key shown; only ``data.train`` and ``output`` are required)::
       threads: null                                # torch threads; null leaves torch's default
       device: auto                                 # auto (a GPU when torch sees one), cpu, cuda or cuda:N
       tf32: false                                  # float32 on a GPU: TF32 matrix products (faster, ~1e-3)
+      prefetch: auto                               # next batch's graph built on a thread meanwhile (auto: on a GPU)
     output: runs/organic                           # checkpoint.pt, log.csv, potential.pt go here
     name: e2former-xtb-organic                     # recorded in the potential file
 """
@@ -76,6 +77,7 @@ class TrainingSection:
     second_stage: dict | None = None
     device: str = "auto"
     tf32: bool = False
+    prefetch: object = "auto"
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def parse_config(values: dict, source: str = "") -> TrainConfig:
                                                or (training.device.startswith("cuda:") and training.device[5:].isdigit())),
          f"training.device must be auto, cpu, cuda or cuda:N, got {training.device!r}"),
         (isinstance(training.tf32, bool), f"training.tf32 must be true or false, got {training.tf32!r}"),
+        (training.prefetch in ("auto", True, False), f"training.prefetch must be auto, true or false, got {training.prefetch!r}"),
         (not training.tf32 or training.dtype == "float32", "training.tf32 needs training.dtype: float32"),
         (training.batch_size >= 1, "training.batch_size must be >= 1"),
         (training.max_epochs >= 1, "training.max_epochs must be >= 1"),

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,7 @@ from .metrics import ErrorTally
 
 CHECKPOINT_FORMAT = "e2former-calc-checkpoint"
 #: Settings that may change between a run and its resumption (the rest must match the checkpoint).
-RESUMABLE = ("max_epochs", "max_time_minutes", "threads", "device", "tf32")
+RESUMABLE = ("max_epochs", "max_time_minutes", "threads", "device", "tf32", "prefetch")
 
 
 def training_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
@@ -213,33 +215,49 @@ class Trainer:
         return t.lr * (t.min_lr_factor + (1 - t.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     # -- one batch --------------------------------------------------------------------------
-    def _batch_outputs(self, samples, create_graph: bool):
+    def _prepare(self, samples) -> "PreparedBatch":
+        """The batch's graph and labels as tensors on the training device (what a worker thread
+        builds for the next batch while this one trains)."""
         graph = AtomGraph.from_arrays([s.species for s in samples], [s.positions for s in samples],
                                       [s.cell for s in samples], [s.pbc for s in samples],
                                       [s.neighbours for s in samples], self.device)
+        f64 = dict(dtype=torch.float64, device=self.device)
+        labelled = [k for k, s in enumerate(samples) if s.stress is not None]
+        return PreparedBatch(
+            samples=samples, graph=graph, energy=torch.tensor([s.energy for s in samples], **f64),
+            forces=(torch.as_tensor(np.concatenate([s.forces for s in samples]), **f64)
+                    if self.config.data.forces_key is not None else None),
+            stress_rows=labelled,
+            stress=torch.as_tensor(np.stack([samples[k].stress for k in labelled]), **f64) if labelled else None)
+
+    def _batch_outputs(self, samples, create_graph: bool):
+        batch = samples if isinstance(samples, PreparedBatch) else self._prepare(samples)
         want_forces = self.config.data.forces_key is not None
-        want_stress = any(s.stress is not None for s in samples)
-        out = self.forcefield(graph, forces=want_forces, stress=want_stress, create_graph=create_graph)
-        return graph, out
+        out = self.forcefield(batch.graph, forces=want_forces, stress=bool(batch.stress_rows), create_graph=create_graph)
+        return batch.graph, out
 
     def _loss(self, samples, counts, weights: dict | None = None) -> torch.Tensor:
-        """This process's share of the loss of a batch whose totals are ``counts`` (loss weights
-        ``weights``, default ``training.loss``)."""
+        """This process's share of the loss of a batch (its samples, or their
+        :class:`PreparedBatch`) whose totals are ``counts`` (loss weights ``weights``, default
+        ``training.loss``)."""
         w = self.config.training.loss if weights is None else weights
-        graph, out = self._batch_outputs(samples, create_graph=True)
-        f64 = dict(dtype=torch.float64, device=self.device)
+        batch = samples if isinstance(samples, PreparedBatch) else self._prepare(samples)
+        graph, out = self._batch_outputs(batch, create_graph=True)
         n_atoms = graph.atoms_per_structure().to(torch.float64)
-        reference = torch.tensor([s.energy for s in samples], **f64)
-        loss = w["energy"] * (((out["energy"] - reference) / n_atoms) ** 2).sum() / counts["structures"]
+        loss = w["energy"] * (((out["energy"] - batch.energy) / n_atoms) ** 2).sum() / counts["structures"]
         if "forces" in out and w["forces"] > 0:
-            forces = torch.as_tensor(np.concatenate([s.forces for s in samples]), **f64)
-            loss = loss + w["forces"] * ((out["forces"] - forces) ** 2).sum() / (3 * counts["atoms"])
-        labelled = [k for k, s in enumerate(samples) if s.stress is not None]
-        if "stress" in out and w["stress"] > 0 and labelled:
-            sigma = out["stress"][labelled]
-            target = torch.as_tensor(np.stack([samples[k].stress for k in labelled]), **f64)
-            loss = loss + w["stress"] * ((sigma - target) ** 2).sum() / (9 * counts["stress"])
+            loss = loss + w["forces"] * ((out["forces"] - batch.forces) ** 2).sum() / (3 * counts["atoms"])
+        if "stress" in out and w["stress"] > 0 and batch.stress_rows:
+            sigma = out["stress"][batch.stress_rows]
+            loss = loss + w["stress"] * ((sigma - batch.stress) ** 2).sum() / (9 * counts["stress"])
         return loss
+
+    @property
+    def prefetch(self) -> bool:
+        """Whether the next batch is prepared on a worker thread: ``training.prefetch``, where
+        ``auto`` means on a GPU (on a CPU the thread would only compete for the same cores)."""
+        setting = self.config.training.prefetch
+        return self.device.type == "cuda" if setting == "auto" else bool(setting)
 
     def _agreed(self, flag: bool) -> bool:
         """Rank 0's value of ``flag`` on every process (each has its own clock: one decides)."""
@@ -257,42 +275,61 @@ class Trainer:
         bar = progress_bar(len(batches), label=f"epoch {epoch + 1}", unit="batches") if self.progress else None
         self.model.train()
         total_loss, timed_out = 0.0, False
-        for k, indices in enumerate(batches):
-            step = epoch * self.steps_per_epoch + k
-            batch = [self.train[i] for i in indices]
-            counts = {"structures": len(batch), "atoms": sum(s.n_atoms for s in batch),
-                      "stress": sum(s.stress is not None for s in batch)}
-            mine = batch[self.rank :: self.world]
-            self.optimizer.zero_grad(set_to_none=False)
-            loss = (self._loss(mine, counts, self.loss_weights(epoch)) if mine
-                    else sum(0.0 * p.sum() for p in self.model.parameters()))
-            loss.backward()
-            if self.world > 1:
-                for p in self.model.parameters():
-                    dist.all_reduce(p.grad)
-                loss_value = loss.detach().clone()
-                dist.all_reduce(loss_value)
-            else:
-                loss_value = loss.detach()
-            if not math.isfinite(float(loss_value)):  # before the step: the weights stay as they were
-                raise FloatingPointError(f"epoch {epoch + 1}, batch {k}: the loss is {float(loss_value)}; "
-                                         "lower training.lr or check the data (the last checkpoint is intact)")
-            if t.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate(step)
-            self.optimizer.step()
-            self.ema.update(self.model)
-            total_loss += float(loss_value)
-            if bar is not None:
-                bar.set_postfix_str(f"loss {total_loss / (k + 1):.4g}", refresh=False)
-                bar.update(1)
-            if deadline is not None and self._agreed(time.monotonic() > deadline):
-                timed_out = True
-                break
+        shares = [[self.train[i] for i in indices][self.rank :: self.world] for indices in batches]
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2former-batches") if self.prefetch else None
+
+        def submit(k):  # batch k's share, prepared on the worker thread (None: prepared in the step)
+            return pool.submit(self._prepare, shares[k]) if pool is not None and shares[k] else None
+
+        upcoming = submit(0)
+        try:
+            for k, indices in enumerate(batches):
+                step = epoch * self.steps_per_epoch + k
+                batch = [self.train[i] for i in indices]
+                counts = {"structures": len(batch), "atoms": sum(s.n_atoms for s in batch),
+                          "stress": sum(s.stress is not None for s in batch)}
+                mine = upcoming.result() if upcoming is not None else shares[k]
+                upcoming = submit(k + 1) if k + 1 < len(batches) else None
+                loss, timed_out = self._train_step(mine, counts, epoch, step, deadline)
+                total_loss += loss
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {total_loss / (k + 1):.4g}", refresh=False)
+                    bar.update(1)
+                if timed_out:
+                    break
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
         return total_loss / (k + 1), timed_out
+
+    def _train_step(self, mine, counts: dict, epoch: int, step: int, deadline: float | None) -> tuple[float, bool]:
+        """One optimiser step on this process's share ``mine`` (samples or a PreparedBatch, may be
+        empty) of a batch with totals ``counts``: the batch's loss, and whether the time limit is reached."""
+        t = self.config.training
+        self.optimizer.zero_grad(set_to_none=False)
+        loss = (self._loss(mine, counts, self.loss_weights(epoch)) if mine
+                else sum(0.0 * p.sum() for p in self.model.parameters()))
+        loss.backward()
+        if self.world > 1:
+            for p in self.model.parameters():
+                dist.all_reduce(p.grad)
+            loss_value = loss.detach().clone()
+            dist.all_reduce(loss_value)
+        else:
+            loss_value = loss.detach()
+        if not math.isfinite(float(loss_value)):  # before the step: the weights stay as they were
+            raise FloatingPointError(f"epoch {epoch + 1}, batch {step - epoch * self.steps_per_epoch}: the loss is "
+                                     f"{float(loss_value)}; lower training.lr or check the data (the last checkpoint "
+                                     "is intact)")
+        if t.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        return float(loss_value), deadline is not None and self._agreed(time.monotonic() > deadline)
 
     # -- validation -------------------------------------------------------------------------
     def evaluate(self, samples, batch_size: int | None = None) -> ErrorTally:
@@ -507,6 +544,24 @@ class Trainer:
 def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> Path:
     """Train as configured (resuming when a checkpoint exists); the path of the potential file."""
     return Trainer(config, restart=restart, progress=progress).run()
+
+
+@dataclasses.dataclass
+class PreparedBatch:
+    """A batch (one process's share) ready for the loss: its graph and labels on the device.
+
+    ``energy`` ``[S]`` eV, ``forces`` ``[N, 3]`` eV/Å (None without force labels), ``stress``
+    ``[len(stress_rows), 3, 3]`` eV/Å³ of the structures ``stress_rows`` (None if none)."""
+
+    samples: list
+    graph: AtomGraph
+    energy: torch.Tensor
+    forces: torch.Tensor | None
+    stress_rows: list
+    stress: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
 
 def _without_stage(fingerprint: dict) -> dict:
