@@ -13,7 +13,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from ase import units
 from ase.io import write
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+
+MOLECULE_TIMESTEP = 0.5  # fs, Langevin MD of the molecules
+MOLECULE_FRICTION = 0.01  # 1/fs
 
 
 def label(atoms, calculator, stress: bool = False, **info):
@@ -31,6 +37,16 @@ def label(atoms, calculator, stress: bool = False, **info):
     if stress:
         labelled.info["REF_stress"] = np.array(atoms.get_stress(voigt=True))
     return labelled
+
+
+def molecule_langevin(atoms, temperature: float, rng) -> Langevin:
+    """Langevin dynamics of a free molecule (``MOLECULE_TIMESTEP``, ``MOLECULE_FRICTION``) from
+    Maxwell-Boltzmann momenta at ``temperature`` (K) without net momentum or rotation."""
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    return Langevin(atoms, MOLECULE_TIMESTEP * units.fs, temperature_K=temperature,
+                    friction=MOLECULE_FRICTION / units.fs, fixcm=False, rng=rng)
 
 
 def split_indices(n: int, sizes: dict, seed: int) -> dict:

@@ -50,13 +50,11 @@ from pathlib import Path
 os.environ["OMP_NUM_THREADS"] = "1"  # before numpy/tblite load: one thread per worker
 
 import numpy as np  # noqa: E402
-from ase import Atoms, units  # noqa: E402
-from ase.md.langevin import Langevin  # noqa: E402
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta  # noqa: E402
+from ase import Atoms  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import label, write_frames, write_json  # noqa: E402
-from xtb_rmd17 import FRICTION, MOLECULES, TIMESTEP  # noqa: E402
+from _common import MOLECULE_FRICTION, MOLECULE_TIMESTEP, label, molecule_langevin, write_frames, write_json  # noqa: E402
+from xtb_rmd17 import MOLECULES  # noqa: E402
 
 from e2former_calc.training.data import read_frames  # noqa: E402  (fast for .gz)
 
@@ -119,11 +117,7 @@ def run_trajectory(name: str, start: Atoms, temperature: float, conformer: int, 
     calculator = _xtb()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dynamics = Langevin(atoms, TIMESTEP * units.fs, temperature_K=temperature, friction=FRICTION / units.fs,
-                        fixcm=False, rng=rng)
+    dynamics = molecule_langevin(atoms, temperature, rng)
     dynamics.run(args.equilibrate)
     frames = []
     for k in range(args.frames):
@@ -228,8 +222,8 @@ def main(argv=None):
         write_frames(args.out / f"{part}.extxyz.gz", frames)
     write_frames(args.out / "minima.extxyz.gz", minima)
     write_json(args.out / "splits.json", {"seed": args.seed, "settings": {
-        "temperatures_K": list(args.temperatures), "conformers": args.conformers, "timestep_fs": TIMESTEP,
-        "friction_per_fs": FRICTION, "interval": args.interval, "equilibrate": args.equilibrate, "frames": args.frames,
+        "temperatures_K": list(args.temperatures), "conformers": args.conformers, "timestep_fs": MOLECULE_TIMESTEP,
+        "friction_per_fs": MOLECULE_FRICTION, "interval": args.interval, "equilibrate": args.equilibrate, "frames": args.frames,
         "rattles": args.rattles, "method": "GFN2-xTB (tblite, defaults)"},
         "isomers": {m: ISOMERS[m] for m in args.molecules}, "splits": splits})
     print(f"wrote {', '.join(f'{p}: {len(f)}' for p, f in parts.items())} frames to {args.out}")

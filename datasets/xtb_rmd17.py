@@ -33,12 +33,10 @@ from pathlib import Path
 os.environ["OMP_NUM_THREADS"] = "1"  # before numpy/tblite load: one thread per molecule
 
 import numpy as np  # noqa: E402
-from ase import Atoms, units  # noqa: E402
-from ase.md.langevin import Langevin  # noqa: E402
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta  # noqa: E402
+from ase import Atoms  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import label, split_indices, write_frames, write_json  # noqa: E402
+from _common import MOLECULE_FRICTION, MOLECULE_TIMESTEP, label, molecule_langevin, split_indices, write_frames, write_json  # noqa: E402,E501
 
 from e2former_calc.training.data import read_frames  # noqa: E402  (fast for .gz)
 
@@ -55,8 +53,6 @@ MOLECULES = {
     "uracil": "O=C1C=CNC(=O)N1",
 }
 TEMPERATURE = 500.0  # K
-TIMESTEP = 0.5  # fs
-FRICTION = 0.01  # 1/fs
 
 
 def starting_geometry(smiles: str, seed: int) -> Atoms:
@@ -81,11 +77,7 @@ def run_molecule(name: str, args) -> list:
     calculator = TBLite(method="GFN2-xTB", verbosity=0)
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=TEMPERATURE, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dynamics = Langevin(atoms, TIMESTEP * units.fs, temperature_K=TEMPERATURE, friction=FRICTION / units.fs,
-                        fixcm=False, rng=rng)
+    dynamics = molecule_langevin(atoms, TEMPERATURE, rng)
     start = time.perf_counter()
     dynamics.run(args.equilibrate)
     frames = []
@@ -135,7 +127,7 @@ def main(argv=None):
     for part, frames in parts.items():
         write_frames(args.out / f"{part}.extxyz.gz", frames)
     write_json(args.out / "splits.json", {"seed": args.seed, "settings": {
-        "temperature_K": TEMPERATURE, "timestep_fs": TIMESTEP, "friction_per_fs": FRICTION, "interval": args.interval,
+        "temperature_K": TEMPERATURE, "timestep_fs": MOLECULE_TIMESTEP, "friction_per_fs": MOLECULE_FRICTION, "interval": args.interval,
         "equilibrate": args.equilibrate, "frames": args.frames, "method": "GFN2-xTB (tblite, defaults)"},
         "molecules": {m: MOLECULES[m] for m in args.molecules}, "splits": splits})
     print(f"wrote {', '.join(f'{p}: {len(f)}' for p, f in parts.items())} frames to {args.out}")
