@@ -66,3 +66,14 @@ def make_calculator(dtype="float64", skin=0.0, seed=0, config=TEST_CONFIG, speci
 @pytest.fixture
 def calc():
     return make_calculator()
+
+
+def assert_aggregation_derivatives(plan, values, weights, target_values):
+    """An aggregation plan's sum and its sampled inner product pass first- and second-order
+    gradient checks (float64 inputs, made to require gradients here)."""
+    for tensor in (values, weights, target_values):
+        tensor.requires_grad_(True)
+    assert torch.autograd.gradcheck(plan, (values, weights))
+    assert torch.autograd.gradgradcheck(plan, (values, weights))
+    assert torch.autograd.gradcheck(plan.edge_inner, (values, target_values))
+    assert torch.autograd.gradgradcheck(plan.edge_inner, (values, target_values))

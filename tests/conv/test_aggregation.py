@@ -3,6 +3,7 @@ any order. tests/conv/test_lean_aggregation.py compares the two forms to 1e-12."
 
 import pytest
 import torch
+from conftest import assert_aggregation_derivatives
 
 from e2former_calc.conv import aggregation
 from e2former_calc.conv.aggregation import BlockCSRAggregation, EdgeAggregation
@@ -66,13 +67,7 @@ def test_block_csr_reference_matches_the_edge_by_edge_sum_with_derivatives():
         inner[e] = (values[sources[e]] * other[targets[e]]).sum(-1)
     assert torch.allclose(plan(values, weights), dense, atol=1e-14)
     assert torch.allclose(plan.edge_inner(values, other), inner, atol=1e-14)
-    values.requires_grad_(True)
-    weights.requires_grad_(True)
-    other.requires_grad_(True)
-    assert torch.autograd.gradcheck(plan, (values, weights))
-    assert torch.autograd.gradgradcheck(plan, (values, weights))
-    assert torch.autograd.gradcheck(plan.edge_inner, (values, other))
-    assert torch.autograd.gradgradcheck(plan.edge_inner, (values, other))
+    assert_aggregation_derivatives(plan, values, weights, other)
     empty = BlockCSRAggregation(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 2, 3, 4)
     assert torch.equal(empty(torch.ones(2, 4, 5), torch.ones(0, 4)), torch.zeros(3, 4, 5))
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import periodic_graph
+from conftest import assert_aggregation_derivatives, periodic_graph
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from e2former_calc.conv import aggregation
@@ -76,13 +76,7 @@ def test_values_first_and_second_derivatives_equal_the_block_csr_reference(group
 def test_gradcheck_and_gradgradcheck(grouping):
     sources, targets, values, weights, target_values = _case(seed=1, n_edges=9, channels=4, width=2)
     lean = EdgeAggregation(sources, targets, 7, 6, 4)
-    values.requires_grad_(True)
-    weights.requires_grad_(True)
-    target_values.requires_grad_(True)
-    assert torch.autograd.gradcheck(lean, (values, weights))
-    assert torch.autograd.gradgradcheck(lean, (values, weights))
-    assert torch.autograd.gradcheck(lean.edge_inner, (values, target_values))
-    assert torch.autograd.gradgradcheck(lean.edge_inner, (values, target_values))
+    assert_aggregation_derivatives(lean, values, weights, target_values)
 
 
 def _edge_sum_reference(targets, n_targets, weights, edge_values):
