@@ -177,7 +177,9 @@ class Wigner6jConvolution(Convolution):
             target = getattr(self, f"target_coupling_{f_index}").to(dtype)
             p_f = p if columns.numel() == p.shape[-1] else p.index_select(2, columns)
             # stage 2: scalar-weighted sum over edges, w' = w / |r|^f
-            weights = edge_weights[:, f_index, :] * inverse_length.pow(f).unsqueeze(-1)  # [E, C]
+            weights = edge_weights[:, f_index, :]  # [E, C]
+            if f:  # (no multiplication by 1 for f = 0: the backward pass would keep a copy of w)
+                weights = weights * inverse_length.pow(f).unsqueeze(-1)
             q = plan.aggregation(p_f, weights)  # [N, C, K_f]
             # stage 3: target tensor products
             coupling = (s_target[:, : (f + 1) ** 2] @ target.flatten(1)).view(n_nodes, *target.shape[1:])

@@ -37,13 +37,17 @@ class E2FormerCalculator(Calculator):
         quiet: do not print the one-line description of the loaded potential.
         neighbours: ``"auto"`` (a torch cell list on a GPU, matscipy on the CPU), ``"matscipy"``
             or ``"torch"``: who searches the neighbour list (the same pairs either way).
+        recompute: ``"auto"`` (on a GPU only), True or False: trade a little time for memory per
+            atom (the radial networks' activations are recomputed in the backward pass; the
+            same numbers).
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.3, metadata=None, quiet=False,
-                 neighbours: str = "auto", **kwargs):
+                 neighbours: str = "auto", recompute="auto", **kwargs):
         super().__init__(**kwargs)
         self.implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-        self.predictor = Predictor(model, device=device, dtype=dtype, skin=skin, neighbours=neighbours)
+        self.predictor = Predictor(model, device=device, dtype=dtype, skin=skin, neighbours=neighbours,
+                                   recompute=recompute)
         # the weights as given (e.g. float64 from the file), for save(): the predictor's copy may be float32
         self._weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.metadata = dict(metadata or {})

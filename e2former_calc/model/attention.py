@@ -102,6 +102,9 @@ class EquivariantAttention(nn.Module):
         radial = self.radial(basis, species_i, species_j)  # [E, H + n_f C]
         logits = edge_dot(q, k, graph.receivers, graph.senders) / math.sqrt(self.head_dim) + radial[:, : self.num_heads]
         alpha = smooth_softmax(logits, envelope, graph.receivers, graph.n_nodes)  # [E, H]
-        alpha = alpha.repeat_interleave(c // self.num_heads, dim=1)  # [E, C]
-        phi = radial[:, self.num_heads :].view(n_edges, len(self.convolution.filter_degrees), c)  # [E, n_f, C]
-        return self.mixing(self.convolution(h, graph, alpha[:, None, :] * phi, plan))
+        # w[e, f, c] = alpha[e, head(c)] phi[e, f, c], broadcast over the channels of each head
+        # (the backward pass keeps alpha [E, H], not an [E, C] copy of it)
+        n_f, heads = len(self.convolution.filter_degrees), self.num_heads
+        phi = radial[:, heads:].view(n_edges, n_f, heads, c // heads)
+        weights = (alpha.view(n_edges, 1, heads, 1) * phi).view(n_edges, n_f, c)  # [E, n_f, C]
+        return self.mixing(self.convolution(h, graph, weights, plan))

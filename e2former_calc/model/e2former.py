@@ -22,7 +22,7 @@ class EdgeDegreeEmbedding(nn.Module):
     ``sum_j phi_l,c(|r_ij|, Z_i, Z_j) u(|r_ij|) Y_l(r_ij) / average_neighbours``.
 
     Each degree is one :class:`~e2former_calc.conv.aggregation.EdgeSum` (per-edge weights
-    ``phi_l u`` ``[E, C]``, per-edge values ``Y_l`` ``[E, 2l+1]`` shared by the channels): no
+    ``phi_l`` ``[E, C]``, per-edge values ``u Y_l`` ``[E, 2l+1]`` shared by the channels): no
     ``[E, C, (L_max+1)^2]`` message tensor, in the forward or the backward pass.
     """
 
@@ -40,11 +40,13 @@ class EdgeDegreeEmbedding(nn.Module):
         receivers with ``C`` channels (made on the spot when None; it is cheap, ``O(E)``)."""
         dtype = basis.dtype
         phi = self.radial(basis, species_i, species_j).view(graph.n_edges, self.max_degree + 1, self.channels)
-        phi = phi * envelope[:, None, None]
         vectors = graph.vectors.to(dtype)
         if edge_sum is None:
             edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)
-        blocks = [edge_sum(phi[:, l, :], spherical_harmonics(l, vectors)) for l in range(self.max_degree + 1)]
+        # the envelope multiplies the [E, 2l+1] harmonics, not the [E, C] weights: the same sum,
+        # and the backward pass keeps no [E, L_max+1, C] product
+        blocks = [edge_sum(phi[:, l, :], spherical_harmonics(l, vectors) * envelope[:, None])
+                  for l in range(self.max_degree + 1)]
         h = torch.cat(blocks, dim=-1) / self.average_neighbours  # [N, C, D]
         return torch.cat([h[:, :, :1] + self.species(species)[:, :, None], h[:, :, 1:]], dim=-1)
 

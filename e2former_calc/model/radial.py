@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def polynomial_envelope(r: torch.Tensor, cutoff: float, p: int) -> torch.Tensor:
@@ -30,7 +31,16 @@ class BesselBasis(nn.Module):
 
 
 class RadialNetwork(nn.Module):
-    """MLP of (Bessel basis of ``|r_ij|``, species features of ``Z_i`` and ``Z_j``): ``[E, out]``."""
+    """MLP of (Bessel basis of ``|r_ij|``, species features of ``Z_i`` and ``Z_j``): ``[E, out]``.
+
+    ``recompute``: whether a backward pass with frozen weights (inference: forces and stress)
+    recomputes the two hidden ``[E, hidden]`` activations, the largest per-edge tensors of a
+    forward pass, from the inputs instead of keeping them
+    (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant: derivatives of any order stay
+    exact). ``"auto"`` (default): on a GPU, where memory bounds the system size and the MLP is
+    cheap; not on the CPU, where it costs time. ``True``/``False`` force it. With trainable
+    weights the activations are always kept: the parameter gradients need them anyway.
+    """
 
     def __init__(self, num_basis: int, species_features: int, hidden: int, out: int):
         super().__init__()
@@ -41,6 +51,28 @@ class RadialNetwork(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden, out),
         )
+        self.recompute: bool | str = "auto"
 
     def forward(self, basis: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> torch.Tensor:
+        if self._recomputes(basis):
+            # the saved inputs are the model's shared per-edge inputs, kept once for all its networks
+            return checkpoint(self._net, basis, species_i, species_j, use_reentrant=False, preserve_rng_state=False)
+        return self._net(basis, species_i, species_j)
+
+    def _recomputes(self, basis: torch.Tensor) -> bool:
+        if not (torch.is_grad_enabled() and basis.requires_grad) or self.net[0].weight.requires_grad:
+            return False
+        return basis.is_cuda if self.recompute == "auto" else bool(self.recompute)
+
+    def _net(self, basis, species_i, species_j):
         return self.net(torch.cat([basis, species_i, species_j], dim=-1))
+
+
+def set_radial_recompute(module: nn.Module, mode) -> None:
+    """Set :attr:`RadialNetwork.recompute` (``"auto"``, True or False) of every radial network in
+    ``module``."""
+    if not (isinstance(mode, bool) or mode == "auto"):
+        raise ValueError(f"recompute must be 'auto', True or False, got {mode!r}")
+    for m in module.modules():
+        if isinstance(m, RadialNetwork):
+            m.recompute = mode

@@ -1,0 +1,94 @@
+"""Recomputing the radial networks in the backward pass changes memory, never numbers."""
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from e2former_calc import E2FormerCalculator
+from e2former_calc.forces import ForceField
+from e2former_calc.graph import AtomGraph
+from e2former_calc.model import E2Former, E2FormerConfig
+from e2former_calc.model.radial import RadialNetwork, set_radial_recompute
+from e2former_calc.neighbours import neighbour_list
+
+
+def _graph(model):
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.1, seed=1)
+    neighbours = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, model.config.cutoff)
+    return AtomGraph.from_arrays([model.species_indices(atoms.numbers)], [atoms.positions], [atoms.cell.array],
+                                 [atoms.pbc], [neighbours], torch.device("cpu"))
+
+
+def _saved_bytes(fn):
+    """Bytes of the distinct storages that autograd keeps for the backward pass of ``fn()``."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("stress", [False, True])
+def test_recomputed_radial_networks_give_the_same_energy_forces_stress_and_second_derivatives(stress):
+    torch.manual_seed(0)
+    model = E2Former(E2FormerConfig(cutoff=4.0), atomic_numbers=(29,))
+    field = ForceField.frozen(model, "cpu", torch.float64)
+    graph = _graph(model)
+    results = {}
+    for mode in (False, True):
+        set_radial_recompute(field, mode)
+        out = field(graph, forces=True, stress=stress, create_graph=True)
+        # a second derivative: the gradient of sum |F|^2 with respect to the positions
+        positions = graph.positions.detach().requires_grad_(True)
+        energy = field.model(graph.species, graph.with_geometry(positions).conv_graph()).sum()
+        (gradient,) = torch.autograd.grad(energy, positions, create_graph=True)
+        (curvature,) = torch.autograd.grad(gradient.pow(2).sum(), positions)
+        results[mode] = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.is_floating_point()}
+        results[mode]["curvature"] = curvature
+    for key, value in results[False].items():
+        torch.testing.assert_close(results[True][key], value, rtol=1e-12, atol=1e-12, msg=key)
+    assert results[True]["forces"].abs().max() > 1e-3  # not a trivial comparison
+
+
+def test_recomputing_keeps_less_for_the_backward_pass_and_only_with_frozen_weights():
+    torch.manual_seed(0)
+    model = E2Former(E2FormerConfig(cutoff=4.0), atomic_numbers=(29,))
+    field = ForceField.frozen(model, "cpu", torch.float32)
+    graph = _graph(model)
+    kept = {}
+    for mode in (False, True):
+        set_radial_recompute(field, mode)
+        kept[mode] = _saved_bytes(lambda: field(graph, forces=True))
+    # what recomputing drops: each radial network's two [E, hidden] SiLU inputs
+    config = field.model.config
+    n_networks = 1 + config.num_layers
+    hidden = 2 * n_networks * graph.n_edges * config.radial_hidden * 4  # float32
+    assert kept[False] - kept[True] >= 0.95 * hidden, (kept, hidden)
+    # trainable weights: the activations are needed for the parameter gradients, kept whatever the mode
+    network = RadialNetwork(4, 2, 8, 3)
+    network.recompute = True
+    basis = torch.randn(5, 4, requires_grad=True)
+    assert not network._recomputes(basis)
+    network.requires_grad_(False)
+    assert network._recomputes(basis)
+    network.recompute = "auto"
+    assert not network._recomputes(basis)  # a CPU tensor
+
+
+def test_the_calculator_passes_recompute_on_and_refuses_nonsense():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=0)
+    forces = {}
+    for mode in ("auto", True):
+        calc = E2FormerCalculator.from_config("small", species=("Cu",), dtype="float64", recompute=mode, quiet=True)
+        assert all(m.recompute == mode for m in calc.predictor.forcefield.modules() if isinstance(m, RadialNetwork))
+        forces[mode] = calc.get_forces(atoms)
+    np.testing.assert_allclose(forces[True], forces["auto"], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="recompute must be 'auto', True or False"):
+        E2FormerCalculator.from_config("small", species=("Cu",), recompute="yes", quiet=True)
