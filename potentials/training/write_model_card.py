@@ -1,7 +1,8 @@
 """Write ``potentials/<name>.md``, the model card of a shipped potential, from the files that hold
-its numbers: the potential's own provenance, its training log, the test-set evaluation
-(``benchmarks/results/accuracy_e2former_<data>.json``, from benchmarks/accuracy/compare.py), the
-MACE comparison and the MD stability results. Only the prose in ``CARDS`` (data, intended use,
+its numbers: the potential's own provenance, its training log, the test-set evaluations on the
+new and the previous split (``benchmarks/results/side_by_side_<data>.json``, from
+benchmarks/accuracy/side_by_side.py, the potential under the name ``retrained``), the properties
+(``benchmarks/results/properties.json``), the MACE comparison and the MD stability results. Only the prose in ``CARDS`` (data, intended use,
 limits, and the machine the shipped files were trained on) is written by hand.
 
     python potentials/training/write_model_card.py e2former-xtb-organic
@@ -23,58 +24,107 @@ sys.path.insert(0, str(ROOT))
 from e2former_calc.model_file import read_model_file  # noqa: E402
 
 #: Where the shipped files were trained (their provenance names the CPU architecture only).
-MACHINE = ("this project's machine (AMD EPYC, 2 cores, no GPU), one torch thread, while the MACE comparison run "
-           "used the other core")
+MACHINE = ("this project's machine (AMD EPYC, 2 cores, no GPU), one torch thread, while the other potential's "
+           "training used the other core")
 
 CARDS = {
     "e2former-xtb-organic": {
-        "data": "xtb-rmd17",
-        "title": "E2Former for small organic molecules (H, C, N, O), trained on xTB-rMD17",
-        "data_text": "the ten xTB-rMD17 molecules together (`datasets/xtb-rmd17`, see docs/training.md): "
-                     "GFN2-xTB (tblite) energies and forces of frames from Langevin MD at 500 K; "
-                     "9,500 training, 500 validation and 2,000 test frames (per molecule 950 / 50 / 200, fixed by seed).",
-        "intended": "Molecular dynamics, relaxation and energy/force prediction of the ten rMD17 molecules and "
-                    "very similar small, neutral, closed-shell H/C/N/O molecules in the gas phase, near the "
-                    "configurations of 300–500 K dynamics.",
+        "data": "xtb-organic",
+        "old_data": "xtb-rmd17",
+        "title": "E2Former for small organic molecules (H, C, N, O), trained on xTB-organic",
+        "data_text": "`datasets/xtb-organic` (see docs/training.md): GFN2-xTB (tblite) energies and forces of the ten "
+                     "rMD17 molecules from three starting conformers each (both azobenzene isomers, both malonaldehyde "
+                     "enols, aspirin rotamers), Langevin MD at 300, 500, 700 and 1,000 K, near-minimum samples and the "
+                     "isolated atoms. The test split is one whole trajectory per molecule and temperature, never "
+                     "trained on; the old rMD17-style split (`datasets/xtb-rmd17`, random frames of one 500 K "
+                     "trajectory) is evaluated too.",
+        "intended": "Molecular dynamics, relaxation and energy/force prediction of the ten rMD17 molecules (their "
+                    "isomers and rotamers) and very similar small, neutral, closed-shell H/C/N/O molecules in the "
+                    "gas phase, from the minimum up to 1,000 K dynamics.",
         "limits": [
             "The reference is GFN2-xTB, a semi-empirical method: the potential inherits xTB's errors against "
             "DFT or experiment; it is not a DFT-accuracy potential.",
             "Trained on ten molecules only: other chemistry (charged species, radicals, bond breaking, "
             "intermolecular complexes, condensed phases) is extrapolation and is not validated.",
             "Isolated molecules: no periodic or condensed-phase data, no stress training.",
-            "A short training budget on a 2-core CPU (50 minutes): errors are well above what longer training reaches.",
-            "Energies across molecules: the loss weights forces 100:1 over per-atom energies (MACE's convention), and "
-            "the test energy error is almost entirely one constant per molecule (the 'mean E error' column, up to "
-            "32 meV/atom for azobenzene); with it removed the energy MAE is 0.2–1.0 meV/atom. The offset changes no "
-            "force and no trajectory of that molecule, but energy differences between different molecules "
-            "(reaction or conformer-family energies across compositions) are not reliable.",
+            "A short training budget on a 2-core CPU (see above): errors are well above what longer training reaches.",
+            "Closer than the sum of covalent radii the ZBL repulsion takes over from the network: hot MD pushes "
+            "close atoms apart, but no bond breaking or formation was in the data.",
         ],
     },
     "e2former-emt-cu": {
-        "data": "emt-cu",
+        "data": "emt-cu-diverse",
+        "old_data": "emt-cu",
         "title": "E2Former for copper, trained on ASE's EMT",
-        "data_text": "`datasets/emt-cu` (see docs/training.md): ASE EMT energies, forces and stresses of fcc "
-                     "bulk (rattled, strained, triclinic), vacancies, (111)/(100) slabs and MD frames from 300 to "
-                     "1,500 K, 8 to 108 atoms per cell; 1,120 training, 140 validation, 140 test frames.",
+        "data_text": "`datasets/emt-cu-diverse` (see docs/training.md): ASE EMT energies, forces and stresses of fcc "
+                     "bulk (rattled, strained, triclinic), vacancies and vacancy clusters, (111)/(100)/(110) slabs, "
+                     "adatoms, twin boundaries and stacking faults, MD frames from 300 to 1,500 K, liquid copper at "
+                     "1,800 K and the isolated atom, 1 to 108 atoms per cell. One whole MD trajectory per temperature "
+                     "(and one liquid trajectory) is test data; the old split (`datasets/emt-cu`) is evaluated too.",
         "intended": "A demonstration and test potential for metallic copper: large-cell MD (NVT/NPT) of fcc "
-                    "copper, vacancies and surfaces, within 300–1,500 K.",
+                    "copper, its defects and surfaces, 300–1,800 K including the melt.",
         "limits": [
             "The reference is EMT, a simple effective-medium model, not DFT: use it to exercise workflows and "
             "to compare with EMT, not to predict real copper.",
-            "No liquid copper above about 1,500 K, no other elements, no strongly compressed or expanded lattices "
-            "beyond ±6 % strain.",
+            "No other elements, no strongly compressed or expanded lattices beyond ±6 % strain (ZBL repulsion "
+            "takes over below the sum of covalent radii).",
             "A light model (L_max 1, 24 channels) chosen for speed in 4,000-atom cells.",
-            "Energies differ between kinds of structure by a near-constant per kind (the 'mean E error' column): "
-            "bulk and MD frames are +4 to +6 meV/atom, the slabs -14 to -20 meV/atom. Surface energies (slab "
-            "minus bulk) are therefore too low by roughly 20-25 meV per slab atom; within one kind of structure the "
-            "energy MAE is 0.1-1.3 meV/atom. Training with a larger energy weight is the remedy.",
         ],
     },
 }
 
 
+RESULTS = ROOT / "benchmarks" / "results"
+
+
 def fmt(v, digits=1):
     return "–" if v is None else f"{v:.{digits}f}"
+
+
+def parameters(path) -> int:
+    from e2former_calc import E2FormerCalculator
+
+    return sum(p.numel() for p in E2FormerCalculator.from_file(path, quiet=True).model.parameters())
+
+
+def split_section(results: dict, data: str, title: str, who: str = "retrained") -> list[str]:
+    """The potential's rows of a side_by_side table: per configuration type (and temperature)."""
+    errors = results["errors"][who]
+    kinds = sorted(k for k in errors if not k.startswith("all") and "@" not in k)
+    temperatures = sorted({k.split(" @ ")[1][:-2] for k in errors if k.startswith("all @")}, key=float)
+    lines = [f"### {title}", "", f"`python benchmarks/accuracy/side_by_side.py --name {data} --test {results['test']} "
+             "--potentials ...` (float64). MAE; forces per Cartesian component; 'offset' is the mean energy error "
+             "of the configuration type; the same columns for the previous potential are in "
+             f"`benchmarks/results/side_by_side_{data}.md`.", ""]
+    head = ["test set", "frames", "F MAE (meV/Å)", *(f"F MAE @ {t} K" for t in temperatures), "E MAE (meV/atom)",
+            "offset (meV/atom)", "E MAE, offset removed (meV/atom)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind in kinds + ["all"]:
+        m = errors[kind]
+        row = [f"**{kind}**" if kind == "all" else kind, str(m["frames"]), fmt(m["forces_mae_meV_A"]),
+               *(fmt(errors.get(f"{kind} @ {t} K", {}).get("forces_mae_meV_A")) for t in temperatures),
+               fmt(m["energy_mae_meV_atom"], 2), "–" if kind == "all" else fmt(m["energy_mean_error_meV_atom"], 2),
+               "–" if kind == "all" else fmt(m["energy_mae_offset_removed_meV_atom"], 2)]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def property_lines(properties: dict, data: str) -> list[str]:
+    if data.startswith("emt"):
+        table = properties.get("copper", {})
+        if "retrained" not in table:
+            return []
+        rows = ["| property | EMT | this potential | difference |", "|---|---|---|---|"]
+        for key, value in table["EMT"].items():
+            mine = table["retrained"][key]
+            delta = f"{mine - value:+.3f} eV" if key.endswith("_eV") else f"{100 * (mine / value - 1):+.1f} %"
+            rows.append(f"| {key} | {value:.4g} | {mine:.4g} | {delta} |")
+        return rows + [""]
+    table = properties.get("molecules", {}).get("retrained")
+    if not table:
+        return []
+    return [f"Relaxed from each xTB minimum (FIRE, fmax 0.005 eV/Å): RMSD to the minimum {min(table.values()):.3f}–"
+            f"{max(table.values()):.3f} Å over the {len(table)} minima (median {sorted(table.values())[len(table) // 2]:.3f} Å).", ""]
 
 
 def main(name: str) -> None:
@@ -84,13 +134,15 @@ def main(name: str) -> None:
     provenance = content["provenance"]
     config_yaml = ROOT / "potentials" / "training" / f"{name}.yaml"
     settings = yaml.safe_load(config_yaml.read_text())
-    results = json.loads((ROOT / "benchmarks" / "results" / f"accuracy_e2former_{data}.json").read_text())
+    results = json.loads((RESULTS / f"side_by_side_{data}.json").read_text())
+    old_results = json.loads((RESULTS / f"side_by_side_{card['old_data']}.json").read_text())
+    properties_path = RESULTS / "properties.json"
+    properties = json.loads(properties_path.read_text()) if properties_path.exists() else None
     mace_path = ROOT / "benchmarks" / "results" / f"accuracy_mace_{data}.json"
     mace = json.loads(mace_path.read_text()) if mace_path.exists() else None
     stability_path = ROOT / "benchmarks" / "results" / "md_stability.json"
     stability = json.loads(stability_path.read_text()) if stability_path.exists() else {}
     log_rows = list(csv.DictReader(open(ROOT / "potentials" / "training" / f"{name}.log.csv")))
-    has_stress = "stress_mae" in results["test"]["overall"]
     size_mb = (ROOT / "potentials" / f"{name}.pt").stat().st_size / 1e6
 
     lines = [f"# {name}: {card['title']}", "",
@@ -98,7 +150,7 @@ def main(name: str) -> None:
              f"`E2FormerCalculator.from_pretrained(\"{name}\", dtype=\"float32\")` (or `\"float64\"`).", "",
              "## Data", "", card["data_text"], "",
              "## Model and training", "",
-             f"- E2Former, {results['parameters']:,} parameters; hyper-parameters: " + ", ".join(
+             f"- E2Former, {parameters(ROOT / "potentials" / f"{name}.pt"):,} parameters; hyper-parameters: " + ", ".join(
                  f"{k} {v}" for k, v in content["config"].items()) + ".",
              f"- E0s (eV, `{settings['data'].get('e0', 'least_squares')}`): " + ", ".join(
                  f"Z={z}: {e:.4f}" for z, e in zip(content["atomic_numbers"], content["e0"])) + ".",
@@ -108,36 +160,19 @@ def main(name: str) -> None:
              f"wall-clock ({content['dtype']}) on {MACHINE}; the file holds the EMA weights of the "
              f"best validation epoch ({provenance['best_epoch']}). Per-epoch log: `potentials/training/{name}.log.csv`.",
              "",
-             "## Test errors", "",
-             "Command: `python benchmarks/accuracy/compare.py --name " + data + " --data datasets/" + data +
-             f" --potential potentials/{name}.pt` (float64 evaluation). MAE over the test split; energies per "
-             "structure and per atom, forces per Cartesian component.", ""]
-    offsets = results.get("energy_offsets", {})
-    head = ["test set", "frames", "E MAE (meV)", "E MAE (meV/atom)", "mean E error (meV/atom)",
-            "E MAE, mean removed (meV/atom)", "F MAE (meV/Å)", "F RMSE (meV/Å)"]
-    if has_stress:
-        head.append("σ MAE (meV/Å³)")
-    if not offsets:
-        head = [h for h in head if "mean" not in h]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    per = results["test"]["per_config_type"]
-    for kind in sorted(per) + ["all"]:
-        m = results["test"]["overall"] if kind == "all" else per[kind]
-        o = offsets.get(kind, {})
-        row = [kind, str(m["frames"]), fmt(m["energy_mae"]), fmt(m["energy_per_atom_mae"], 2),
-               fmt(o.get("mean_error_meV_per_atom"), 2), fmt(o.get("mae_offset_removed_meV_per_atom"), 2),
-               fmt(m["forces_mae"]), fmt(m["forces_rmse"])]
-        if not offsets:
-            row = row[:4] + row[6:]
-        if has_stress:
-            row.append(fmt(m.get("stress_mae"), 3))
-        lines.append("| " + " | ".join(row) + " |")
+             "## Test errors", ""]
+    lines += split_section(results, card["data"], "Independent test split (whole trajectories never trained on)")
+    lines += split_section(old_results, card["old_data"], "Previous test split (random frames of the previous data set, `datasets/" + card["old_data"] + "`)")
     if mace:
-        lines += ["", f"MACE {mace['versions']['mace-torch']} ({mace['parameters']:,} parameters) trained on the same "
+        lines += [f"MACE {mace['versions']['mace-torch']} ({mace['parameters']:,} parameters) trained on the same "
                   f"splits for the same wall-clock budget: force MAE {mace['test']['overall']['forces_mae']:.1f} meV/Å, "
-                  f"energy MAE {mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom "
-                  f"(full table: `benchmarks/results/accuracy_{data}.md`, docs/accuracy.md)."]
-    if data == "xtb-rmd17" and "organic" in stability:
+                  f"energy MAE {mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom on the independent split "
+                  f"(full table: `benchmarks/results/accuracy_{data}.md`, docs/accuracy.md).", ""]
+    if properties:
+        lines += ["## Properties against the labeller", "", "`python benchmarks/properties.py` (float64; "
+                  "table with the previous potential: `benchmarks/results/properties.md`):", ""]
+        lines += property_lines(properties, data)
+    if data == "xtb-organic" and "organic" in stability:
         o = stability["organic"]
         stable = [n for n, m in o["molecules"].items() if m["stable"]]
         lines += ["", "## MD stability", "",
@@ -150,7 +185,7 @@ def main(name: str) -> None:
                   + f". {next(iter(o['ms_per_step_single'].values())):.1f} ms per step for one "
                   f"{next(iter(o['ms_per_step_single']))} through the ASE calculator on this CPU. "
                   "Table: `benchmarks/results/md_stability.md`."]
-    if data == "emt-cu" and "copper" in stability:
+    if data == "emt-cu-diverse" and "copper" in stability:
         c = stability["copper"]
         lines += ["", "## MD stability", "",
                   f"{c['atoms']} atoms, Langevin NVT at {c['temperature_K']:.0f} K, {c['timestep_fs']} fs steps, "
