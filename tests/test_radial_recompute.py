@@ -13,12 +13,19 @@ from e2former_calc.model.radial import RadialNetwork, set_radial_recompute
 from e2former_calc.neighbours import neighbour_list
 
 
-def _graph(model):
+def _frozen_field_and_graph(dtype, device="cpu"):
+    """A frozen untrained copper model and a rattled 32-atom fcc cell on ``device``."""
+    torch.manual_seed(0)
+    model = E2Former(E2FormerConfig(cutoff=4.0), atomic_numbers=(29,))
+    return ForceField.frozen(model, device, dtype), _graph(model, device)
+
+
+def _graph(model, device="cpu"):
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     atoms.rattle(0.1, seed=1)
     neighbours = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, model.config.cutoff)
     return AtomGraph.from_arrays([model.species_indices(atoms.numbers)], [atoms.positions], [atoms.cell.array],
-                                 [atoms.pbc], [neighbours], torch.device("cpu"))
+                                 [atoms.pbc], [neighbours], torch.device(device))
 
 
 def _saved_bytes(fn):
@@ -36,10 +43,7 @@ def _saved_bytes(fn):
 
 @pytest.mark.parametrize("stress", [False, True])
 def test_recomputed_radial_networks_give_the_same_energy_forces_stress_and_second_derivatives(stress):
-    torch.manual_seed(0)
-    model = E2Former(E2FormerConfig(cutoff=4.0), atomic_numbers=(29,))
-    field = ForceField.frozen(model, "cpu", torch.float64)
-    graph = _graph(model)
+    field, graph = _frozen_field_and_graph(torch.float64)
     results = {}
     for mode in (False, True):
         set_radial_recompute(field, mode)
@@ -57,10 +61,7 @@ def test_recomputed_radial_networks_give_the_same_energy_forces_stress_and_secon
 
 
 def test_recomputing_keeps_less_for_the_backward_pass_and_only_with_frozen_weights():
-    torch.manual_seed(0)
-    model = E2Former(E2FormerConfig(cutoff=4.0), atomic_numbers=(29,))
-    field = ForceField.frozen(model, "cpu", torch.float32)
-    graph = _graph(model)
+    field, graph = _frozen_field_and_graph(torch.float32)
     kept = {}
     for mode in (False, True):
         set_radial_recompute(field, mode)
@@ -92,3 +93,15 @@ def test_the_calculator_passes_recompute_on_and_refuses_nonsense():
     np.testing.assert_allclose(forces[True], forces["auto"], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="recompute must be 'auto', True or False"):
         E2FormerCalculator.from_config("small", species=("Cu",), recompute="yes", quiet=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_auto_recomputes_and_gives_the_numbers_of_keeping():
+    field, graph = _frozen_field_and_graph(torch.float64, "cuda")
+    network = next(m for m in field.modules() if isinstance(m, RadialNetwork))
+    assert network._recomputes(torch.zeros(1, 1, device="cuda", requires_grad=True))
+    recomputed = field(graph, forces=True, stress=True)
+    set_radial_recompute(field, False)
+    kept = field(graph, forces=True, stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(recomputed[key], kept[key], rtol=1e-12, atol=1e-12)
