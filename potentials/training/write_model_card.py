@@ -136,6 +136,9 @@ def main(name: str) -> None:
     data = card["data"]
     content = read_model_file(ROOT / "potentials" / f"{name}.pt")
     provenance = content["provenance"]
+    if not str(provenance.get("train", "")).startswith(f"datasets/{data}/"):
+        raise SystemExit(f"potentials/{name}.pt was trained on {provenance.get('train')}, but the card text here is "
+                         f"for datasets/{data}: ship the potential trained on it first")
     config_yaml = ROOT / "potentials" / "training" / f"{name}.yaml"
     settings = yaml.safe_load(config_yaml.read_text())
     results = json.loads((RESULTS / f"side_by_side_{data}.json").read_text())
