@@ -1,6 +1,7 @@
 """Training: configuration checks, E0 fit, learning, exact resume after kill -9, data-parallel
 equivalence with one process, evaluation tables and parity plots."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -405,3 +406,67 @@ def test_eval_prints_a_table_per_type_and_draws_parity_plots(copper_data, tmp_pa
     assert "no structure has a forces label under the key 'REF_force'" in capsys.readouterr().err
     assert main(["eval", "auto", str(copper_data / "valid.extxyz"), "--plots", ""]) == 0
     assert "using the shipped potential e2former-emt-cu" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_a_potential_file_with_this_runs_e0(copper_data, tmp_path):
+    """``model.init_from``: the new run's model is the file's network (weights and
+    hyper-parameters) with the E0s of ``data.e0``, so its forces equal the file's at the start
+    and its energies differ by exactly sum_i (E0_new - E0_old); the provenance names the start."""
+    from e2former_calc.model_file import save_model
+
+    first = Trainer(parse_config(yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "first",
+                                                             max_epochs=4).read_text())),
+                    progress=False, log=lambda m: None)
+    start_file = first.run()
+    start, _ = load_model(start_file)
+    values = yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "tuned", max_epochs=1).read_text())
+    values["model"] = {"init_from": str(start_file)}
+    values["data"]["e0"] = {"Cu": -0.25}
+    tuned = Trainer(parse_config(values), progress=False, log=lambda m: None)
+    tuned._build()
+    assert tuned.model.config == start.config and tuned.model.e0 == (-0.25,)
+    atoms = copper_frames(1, 7)[0]
+    graph = AtomGraph.from_arrays([np.zeros(len(atoms), int)], [atoms.positions], [atoms.cell.array], [atoms.pbc],
+                                  [neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0)], "cpu")
+    before = ForceField(start)(graph, forces=True)
+    after = ForceField(tuned.model)(graph, forces=True)
+    assert torch.allclose(after["forces"], before["forces"], rtol=0, atol=1e-12)
+    shift = len(atoms) * (-0.25 - start.e0[0])
+    assert abs(float(after["energy"].sum() - before["energy"].sum()) - shift) < 1e-9
+    # one epoch on from the trained weights beats one epoch from scratch
+    path = Trainer(parse_config(values), progress=False, log=lambda m: None).run()
+    tuned_history = list(csv_rows(tmp_path / "tuned" / "log.csv"))
+    first_epoch = first.history[0]["valid_forces_mae"]
+    assert float(tuned_history[0]["valid_forces_mae"]) < first_epoch
+    record = load_model(path)[1]["provenance"]["init_from"]
+    assert str(start_file) in record and hashlib.sha256(Path(start_file).read_bytes()).hexdigest() in record
+    # the start may move (its content is what the checkpoint remembers), not change
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(Path(start_file).read_bytes())
+    values["model"] = {"init_from": str(moved)}
+    values["training"]["max_epochs"] = 2
+    again = Trainer(parse_config(values), progress=False, log=lambda m: None)
+    again.run()
+    assert again.epoch == 2
+    Trainer(parse_config(yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "first", max_epochs=5)
+                                        .read_text())), progress=False, log=lambda m: None).run()
+    values["model"] = {"init_from": str(start_file)}  # now the five-epoch file
+    with pytest.raises(CheckpointError, match="derived"):
+        Trainer(parse_config(values), progress=False, log=lambda m: None).run()
+    # only zbl may stand beside init_from; the file's species must be the data's
+    values["model"] = {"init_from": str(start_file), "channels": 16}
+    with pytest.raises(ValueError, match="only zbl may be given beside it, not channels"):
+        parse_config(values)
+    other = E2Former(E2FormerConfig.preset("small", **{k: v for k, v in TINY_MODEL.items() if k != "preset"}), [1, 29])
+    save_model(other, tmp_path / "hcu.pt")
+    values["model"] = {"init_from": str(tmp_path / "hcu.pt"), "zbl": True}
+    values["output"] = str(tmp_path / "mismatch")
+    with pytest.raises(ValueError, match="is a model of H, Cu, the training data hold Cu"):
+        Trainer(parse_config(values), progress=False, log=lambda m: None).run()
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        yield from csv.DictReader(handle)

@@ -15,6 +15,9 @@ Example (every key shown; only ``data.train`` and ``output`` are required)::
       channels: 32
       energy_scale: auto                           # eV; auto: the RMS force component (eV/Å) x 1 Å
       average_neighbours: auto                     # auto: mean neighbours per atom of the data
+      # or, to fine-tune: start from a potential file's weights and hyper-parameters (only
+      # `zbl` may be given beside it); E0 still comes from `data.e0`
+      # init_from: potentials/e2former-xtb-organic.pt
     training:
       dtype: float64                               # or float32
       batch_size: 8
@@ -93,9 +96,27 @@ class TrainConfig:
     def output_dir(self) -> Path:
         return Path(self.output)
 
+    @property
+    def init_from(self) -> Path | None:
+        """The potential file whose weights the run starts from (``model.init_from``), or None."""
+        value = self.model.get("init_from")
+        return None if value is None else Path(value)
+
     def model_config(self, energy_scale: float, average_neighbours: float) -> E2FormerConfig:
-        """The network's hyper-parameters, with ``auto`` values filled in from the data."""
+        """The network's hyper-parameters, with ``auto`` values filled in from the data; with
+        ``model.init_from``, those of that file (``zbl`` as given here, if given)."""
         values = dict(self.model)
+        if self.init_from is not None:
+            from ..model_file import read_model_file
+
+            others = sorted(set(values) - {"init_from", "zbl"})
+            if others:
+                raise ValueError(f"training config: model.init_from takes the hyper-parameters of {self.init_from}; "
+                                 f"only zbl may be given beside it, not {', '.join(others)}")
+            stored = dict(read_model_file(self.init_from)["config"])
+            if "zbl" in values:
+                stored["zbl"] = values["zbl"]
+            return E2FormerConfig.from_dict(stored)
         preset = values.pop("preset", "small")
         known = {f.name for f in dataclasses.fields(E2FormerConfig)}
         unknown = sorted(set(values) - known)

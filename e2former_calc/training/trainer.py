@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import hashlib
 import math
 import os
 import platform
@@ -39,7 +40,7 @@ from ase.data import chemical_symbols
 from ..forces import ForceField
 from ..graph import AtomGraph
 from ..model import E2Former
-from ..model_file import atomic_save, save_model
+from ..model_file import atomic_save, load_model, save_model
 from ..progress import progress_bar
 from .config import TrainConfig
 from .data import (
@@ -171,6 +172,7 @@ class Trainer:
         self.model_config = self.config.model_config(self.stats["rms_force"] or 1.0, self.stats["mean_neighbours"])
         torch.manual_seed(self.config.training.seed)
         self.model = E2Former(self.model_config, species, self.e0).to(device=self.device, dtype=self.dtype)
+        self.initial = self._initial_weights(species) if self.config.init_from is not None else None
         self.forcefield = ForceField(self.model)
         if self.world > 1:
             for p in self.model.parameters():
@@ -187,6 +189,22 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"loss": float("inf"), "epoch": -1, "ema": None}
         self.finished = ""
+
+    def _initial_weights(self, species) -> dict:
+        """Load the weights of ``model.init_from`` into the new model (its E0s are this run's, from
+        ``data.e0``); returns what the provenance records of that file."""
+        path = self.config.init_from
+        start, metadata = load_model(path, dtype=torch.float64)
+        if list(start.atomic_numbers) != list(species):
+            raise ValueError(f"model.init_from: {path} is a model of {', '.join(chemical_symbols[z] for z in start.atomic_numbers)}, "
+                             f"the training data hold {', '.join(chemical_symbols[z] for z in species)}")
+        with torch.no_grad():
+            for name, p in self.model.state_dict().items():
+                p.copy_(start.state_dict()[name])
+        provenance = metadata.get("provenance", {})
+        return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "name": provenance.get("name", ""), "train": provenance.get("train", ""),
+                "training_time_s": provenance.get("training_time_s", "")}
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then a cosine from ``lr`` to ``lr * min_lr_factor`` at ``max_epochs``;
@@ -380,6 +398,8 @@ class Trainer:
         values["derived"] = {"species": list(self.model.atomic_numbers), "e0": [round(e, 9) for e in self.e0],
                              "model": {k: (round(v, 9) if isinstance(v, float) else v)
                                        for k, v in self.model_config.to_dict().items()}}
+        if self.initial:  # the start's weights, not only its name
+            values["derived"]["init_sha256"] = self.initial["sha256"]
         return values
 
     def _save_checkpoint(self) -> None:
@@ -469,6 +489,8 @@ class Trainer:
             "validation": {k: v for k, v in best_row.items() if k.startswith("valid_")},
             "config": self.config.to_dict(),
         }
+        if self.initial:  # fine-tuned: the time and data of the start count too
+            provenance["init_from"] = self.initial
         return save_model(final, self.potential_path, provenance)
 
     # -- the run ----------------------------------------------------------------------------
@@ -565,9 +587,11 @@ class PreparedBatch:
 
 
 def _without_stage(fingerprint: dict) -> dict:
-    """A checkpoint fingerprint without ``training.second_stage`` (checked on its own)."""
+    """A checkpoint fingerprint without ``training.second_stage`` (checked on its own) and
+    without the path of ``model.init_from`` (the start's SHA-256 is compared: the file may move)."""
     training = {k: v for k, v in fingerprint.get("training", {}).items() if k != "second_stage"}
-    return {**fingerprint, "training": training}
+    model = {k: v for k, v in fingerprint.get("model", {}).items() if k != "init_from"}
+    return {**fingerprint, "training": training, "model": model}
 
 
 def _without_old_readout_bias(content: dict, parameter_names: list[str]) -> dict:
