@@ -97,3 +97,36 @@ def test_zbl_survives_the_model_file(tmp_path):
         a.calc = c
         energies.append(a.get_potential_energy())
     assert energies[0] == pytest.approx(energies[1], abs=1e-12)
+
+
+def test_only_edges_inside_the_switch_off_radius_are_computed(monkeypatch):
+    """The pair term runs on the close edges only; with every edge instead (the reference) the
+    energies, forces and stress are the same to 1e-12, and only a part of the edges is computed."""
+    copper = bulk("Cu", "fcc", a=3.5, cubic=True).repeat((2, 2, 2))  # first shell at 2.47 Å < 2.64 Å
+    copper.rattle(0.1, seed=3)
+    ethanol = molecule("CH3CH2OH")
+    ethanol.center(vacuum=4.0)
+    chosen = []
+    original = ZBLRepulsion.close_edges
+
+    def record(self, lengths, species_i, species_j):
+        close = original(self, lengths, species_i, species_j)
+        chosen.append((len(close), len(lengths)))
+        return close
+
+    for atoms in (copper, ethanol):
+        results = {}
+        for name, close in (("close", record), ("every edge", lambda self, lengths, si, sj: torch.arange(len(lengths)))):
+            monkeypatch.setattr(ZBLRepulsion, "close_edges", close)
+            calc, _ = calculators()
+            a = atoms.copy()
+            a.calc = calc
+            results[name] = (a.get_potential_energy(), a.get_forces(), a.get_stress() if a.pbc.all() else None)
+        (e1, f1, s1), (e2, f2, s2) = results["close"], results["every edge"]
+        assert e1 == pytest.approx(e2, rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(f1, f2, rtol=0, atol=1e-12)
+        if s1 is not None:
+            np.testing.assert_allclose(s1, s2, rtol=0, atol=1e-12)
+    # copper: its first shell of 18 neighbours within 4 Å (330 of 588 edges); ethanol: one O-H pair
+    # (C-H bonds are longer than the sum of covalent radii) of 70 edges
+    assert all(0 < k < n for k, n in chosen) and chosen[-1][0] < 0.1 * chosen[-1][1]

@@ -176,9 +176,11 @@ class E2Former(nn.Module):
         energies = relative * self.config.energy_scale + e0.index_select(0, species[:n_out])
         if self.repulsion is not None:  # half of each pair's energy to each atom (edges go both ways)
             last = graph if stages is None else graphs[-1]  # the edges into the atoms of the output
-            pairs = self.repulsion(last.lengths, species.index_select(0, last.receivers),
-                                   species.index_select(0, last.senders))
-            energies = energies + scatter_sum(0.5 * pairs, last.receivers, n_out)
+            species_i, species_j = species.index_select(0, last.receivers), species.index_select(0, last.senders)
+            close = self.repulsion.close_edges(last.lengths, species_i, species_j)  # the others add exactly 0
+            pairs = self.repulsion(last.lengths.index_select(0, close), species_i.index_select(0, close),
+                                   species_j.index_select(0, close))
+            energies = energies + scatter_sum(0.5 * pairs, last.receivers.index_select(0, close), n_out)
         return energies
 
     def isolated_atom_readout(self) -> torch.Tensor:

@@ -56,6 +56,15 @@ class ZBLRepulsion(nn.Module):
                                                    dtype=torch.float64), persistent=False)
         self.cutoff = float(cutoff)
 
+    def close_edges(self, lengths: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> torch.Tensor:
+        """``[E']`` indices of the edges inside their switch-off radius: the only ones with a
+        nonzero energy or derivative (``u`` and its derivatives vanish beyond it), typically the
+        bonded pairs, so the pair term stores ``O(E')`` for the backward pass, not ``O(E)``."""
+        with torch.no_grad():
+            radii = self.radii.to(lengths.device)
+            switch_off = torch.clamp(radii.index_select(0, species_i) + radii.index_select(0, species_j), max=self.cutoff)
+            return torch.nonzero(lengths.to(torch.float64) < switch_off).squeeze(-1)
+
     def forward(self, lengths: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> torch.Tensor:
         """``[E]`` pair energies (eV) of edges of ``lengths`` (Å) between species indices."""
         r = lengths.to(torch.float64)
