@@ -15,6 +15,7 @@ README and docs/accuracy.md quote the tables.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -54,7 +55,9 @@ def evaluate_e2former(args) -> dict:
     return {
         "model": "E2Former", "name": args.name, "potential": str(args.potential),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "training_wall_s": float(provenance.get("training_time_s", "nan")),
+        # a fine-tuned potential's budget includes the training of the weights it started from
+        "training_wall_s": float(provenance.get("training_time_s", "nan")) + float(
+            ast.literal_eval(provenance["init_from"])["training_time_s"] if "init_from" in provenance else 0),
         "epochs": provenance.get("epochs"), "hardware": provenance.get("hardware"),
         "test": {"overall": tally.metrics("all"),
                  "per_config_type": {k: tally.metrics(k) for k in tally.keys() if k != "all"}},

@@ -7,7 +7,8 @@ mean energy error (meV/atom; one constant per molecule is the "offset" a force-w
 Run with e2former-calc's environment, from the repository root::
 
     python benchmarks/accuracy/side_by_side.py --name xtb-organic --test datasets/xtb-organic/test.extxyz.gz \
-        --potentials before=/tmp/old/e2former-xtb-organic.pt after=potentials/e2former-xtb-organic.pt
+        --potentials before=/tmp/old/e2former-xtb-organic.pt after=potentials/e2former-xtb-organic.pt \
+        --mace MACE=benchmarks/results/accuracy_mace_xtb-organic.json   # optional: MACE's errors beside them
 
 Writes ``benchmarks/results/side_by_side_<name>.json`` and ``.md`` (float64 evaluation).
 """
@@ -53,6 +54,23 @@ def errors(frames, calculator) -> dict:
                      "energy_mean_error_meV_atom": 1000 * float(energy.mean()),
                      "energy_mae_offset_removed_meV_atom": 1000 * float(np.abs(energy - energy.mean()).mean())}
     return out
+
+
+def mace_errors(result: dict, test: str, n_frames: int) -> dict:
+    """A MACE result of benchmarks/accuracy/train_mace.py as an :func:`errors` table (its groups
+    are keyed the same way); refused unless it was evaluated on the same frames."""
+    if Path(result["data"]).name != Path(test).resolve().parent.name or result["test"]["overall"]["frames"] != n_frames:
+        raise SystemExit(f"the MACE result {result['name']} is of {result['data']} "
+                         f"({result['test']['overall']['frames']} test frames), not of {test} ({n_frames})")
+    groups = {"all": result["test"]["overall"], **result["test"]["per_config_type"]}
+    if "energy_per_atom_mean_error" not in groups["all"]:
+        raise SystemExit("the MACE result has no mean energy errors: evaluate it again "
+                         "(train_mace.py ... --evaluate-only)")
+    return {name: {"frames": m["frames"], "forces_mae_meV_A": m["forces_mae"],
+                   "energy_mae_meV_atom": m["energy_per_atom_mae"],
+                   "energy_mean_error_meV_atom": m["energy_per_atom_mean_error"],
+                   "energy_mae_offset_removed_meV_atom": m["energy_per_atom_mae_offset_removed"]}
+            for name, m in groups.items()}
 
 
 def molecule_average(table: dict, temperature: str | None) -> float:
@@ -109,6 +127,8 @@ def main(argv=None):
     parser.add_argument("--name", required=True)
     parser.add_argument("--test", required=True)
     parser.add_argument("--potentials", nargs="+", required=True, metavar="NAME=POTENTIAL")
+    parser.add_argument("--mace", nargs="*", default=[], metavar="NAME=JSON",
+                        help="also MACE's errors on the same test file, from train_mace.py's accuracy_mace_<name>.json")
     args = parser.parse_args(argv)
     frames = [f for f in read_frames(args.test) if len(f) > 1]
     tables = {}
@@ -117,6 +137,9 @@ def main(argv=None):
         calculator = E2FormerCalculator.from_file(path, device="cpu", dtype="float64", quiet=True)
         tables[name or path] = errors(frames, calculator)
         print(f"{name}: F {tables[name or path]['all']['forces_mae_meV_A']:.1f} meV/Å", flush=True)
+    for spec in args.mace:
+        name, _, path = spec.rpartition("=")
+        tables[name or "MACE"] = mace_errors(json.loads(Path(path).read_text()), args.test, len(frames))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"side_by_side_{args.name}.json").write_text(json.dumps(
         {"test": args.test, "potentials": dict(p.rpartition("=")[::2] for p in args.potentials), "errors": tables},

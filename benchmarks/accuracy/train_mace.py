@@ -109,6 +109,12 @@ def parse_args(argv=None):
         help="where accuracy_mace_<name>.json is written",
     )
     p.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="no training: evaluate WORK's trained model on the test file again and update the "
+        "test errors of an existing accuracy_mace_<name>.json",
+    )
+    p.add_argument(
         "--count-only",
         action="store_true",
         help="only choose the channel count and print the parameter count, no training",
@@ -550,6 +556,9 @@ def metrics_for(records, stress: bool) -> dict:
         "energy_rmse": 1e3 * float(np.sqrt(np.mean(de**2))),
         "energy_per_atom_mae": 1e3 * float(np.mean(np.abs(de) / n_atoms)),
         "energy_per_atom_rmse": 1e3 * float(np.sqrt(np.mean((de / n_atoms) ** 2))),
+        # the constant part of the error of these frames (one per molecule: the "offset")
+        "energy_per_atom_mean_error": 1e3 * float(np.mean(de / n_atoms)),
+        "energy_per_atom_mae_offset_removed": 1e3 * float(np.mean(np.abs(de / n_atoms - np.mean(de / n_atoms)))),
         "forces_mae": 1e3 * float(np.mean(np.abs(df))),
         "forces_rmse": 1e3 * float(np.sqrt(np.mean(df**2))),
     }
@@ -579,6 +588,7 @@ def evaluate_test(model_path: Path, test_path: Path, stress: bool) -> dict:
         at.calc = calc
         rec = {
             "config_type": str(atoms.info.get("config_type", "Default")),
+            "temperature_K": atoms.info.get("temperature_K"),
             "n_atoms": len(atoms),
             "e_ref": e_ref,
             "e_pred": float(at.get_potential_energy()),
@@ -597,6 +607,14 @@ def evaluate_test(model_path: Path, test_path: Path, stress: bool) -> dict:
     per_type = {}
     for ct in sorted({r["config_type"] for r in records}):
         per_type[ct] = metrics_for([r for r in records if r["config_type"] == ct], stress)
+    # frames of MD at a temperature (the held-out trajectories): also by type and temperature,
+    # keyed as benchmarks/accuracy/side_by_side.py keys them ("aspirin @ 300 K", "all @ 300 K")
+    temperatures = sorted({float(r["temperature_K"]) for r in records if r["temperature_K"] is not None})
+    for t in temperatures:
+        at_t = [r for r in records if r["temperature_K"] is not None and float(r["temperature_K"]) == t]
+        per_type[f"all @ {t:g} K"] = metrics_for(at_t, stress)
+        for ct in sorted({r["config_type"] for r in at_t}):
+            per_type[f"{ct} @ {t:g} K"] = metrics_for([r for r in at_t if r["config_type"] == ct], stress)
     return {
         "overall": metrics_for(records, stress),
         "per_config_type": per_type,
@@ -639,6 +657,16 @@ def main(argv=None) -> int:
 
     work = args.work.resolve()
     mace_dir = work / "mace"
+    if args.evaluate_only:
+        out = args.results_dir / f"accuracy_mace_{args.name}.json"
+        result = json.loads(out.read_text())
+        paths = prepare_data(args.data.resolve(), work)
+        test = evaluate_test(mace_dir / f"{args.name}.model", paths["test"], args.stress)
+        result["test"] = {"overall": test["overall"], "per_config_type": test["per_config_type"]}
+        result["evaluation"]["wall_s"] = test["evaluation_wall_s"]
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"[train_mace] re-evaluated the test file; wrote {out}", flush=True)
+        return 0
     if not args.count_only and mace_dir.exists():
         if not args.overwrite:
             print(
@@ -725,7 +753,8 @@ def main(argv=None) -> int:
             "num_interactions": args.num_interactions,
             "radial_MLP": args.radial_mlp,
             "MLP_irreps": args.mlp_irreps,
-            "E0s": "average (least squares on the training set)",
+            "E0s": ("isolated (the training file's one-atom frames)" if args.e0s == "isolated"
+                    else "average (least squares on the training set)"),
             "batch_size": args.batch_size,
             "lr": args.lr,
             "optimizer": "adam (amsgrad), ReduceLROnPlateau (MACE defaults: factor 0.8, patience 50)",
