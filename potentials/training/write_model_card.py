@@ -11,6 +11,7 @@ limits, and the machine the shipped files were trained on) is written by hand.
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import sys
@@ -24,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from e2former_calc.model_file import read_model_file  # noqa: E402
 
 #: Where the shipped files were trained (their provenance names the CPU architecture only).
-MACHINE = ("this project's machine (AMD EPYC, 2 cores, no GPU), one torch thread, while the other potential's "
-           "training used the other core")
+MACHINE = ("this project's machine (AMD EPYC, 2 cores, no GPU), one torch thread, while another training (the other "
+           "potential's, or MACE's for the comparison) used the other core")
 
 CARDS = {
     "e2former-xtb-organic": {
@@ -50,6 +51,11 @@ CARDS = {
             "A short training budget on a 2-core CPU (see above): errors are well above what longer training reaches.",
             "Closer than the sum of covalent radii the ZBL repulsion takes over from the network: hot MD pushes "
             "close atoms apart, but no bond breaking or formation was in the data.",
+            "Fine-tuned from the first organic potential (trained on `datasets/xtb-rmd17`, whose frames are "
+            "other 500 K trajectories of the same molecules, never the test trajectories here). The run began as "
+            "a 9-minute trial of the same setting (30 epochs planned, no second stage) and was resumed with the "
+            "configuration file's values after 5 epochs, so a fresh run of that file does not reproduce this one "
+            "bit for bit.",
         ],
     },
     "e2former-emt-cu": {
@@ -131,6 +137,17 @@ def property_lines(properties: dict, data: str) -> list[str]:
             f"{max(table.values()):.3f} Å over the {len(table)} minima (median {sorted(table.values())[len(table) // 2]:.3f} Å).", ""]
 
 
+def start_lines(provenance: dict) -> list[str]:
+    """The card's line on the weights a fine-tuned potential started from (``model.init_from``)."""
+    if "init_from" not in provenance:
+        return []
+    start = ast.literal_eval(provenance["init_from"])  # a dict written as text; literals only
+    own = float(provenance["training_time_s"])
+    before = float(start["training_time_s"] or 0)
+    return [f"- Fine-tuned from `{start['path']}` ({start['name']}, trained {before / 60:.1f} min on "
+            f"`{start['train']}`; SHA-256 {start['sha256'][:12]}…): {(own + before) / 60:.1f} min of training in all."]
+
+
 def main(name: str) -> None:
     card = CARDS[name]
     data = card["data"]
@@ -166,6 +183,7 @@ def main(name: str) -> None:
              f"- Trained for {provenance['epochs']} epochs, {float(provenance['training_time_s']) / 60:.1f} min "
              f"wall-clock ({content['dtype']}) on {MACHINE}; the file holds the EMA weights of the "
              f"best validation epoch ({provenance['best_epoch']}). Per-epoch log: `potentials/training/{name}.log.csv`.",
+             *start_lines(provenance),
              "",
              "## Test errors", ""]
     lines += split_section(results, card["data"], "Independent test split (whole trajectories never trained on)")
