@@ -126,12 +126,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", required=True)
     parser.add_argument("--test", required=True)
-    parser.add_argument("--potentials", nargs="+", required=True, metavar="NAME=POTENTIAL")
+    parser.add_argument("--potentials", nargs="*", default=[], metavar="NAME=POTENTIAL",
+                        help="none: keep the potentials' errors of the existing side_by_side_<name>.json (to add --mace)")
     parser.add_argument("--mace", nargs="*", default=[], metavar="NAME=JSON",
                         help="also MACE's errors on the same test file, from train_mace.py's accuracy_mace_<name>.json")
     args = parser.parse_args(argv)
     frames = [f for f in read_frames(args.test) if len(f) > 1]
-    tables = {}
+    tables, potentials = {}, dict(p.rpartition("=")[::2] for p in args.potentials)
+    if not args.potentials:
+        before = json.loads((RESULTS / f"side_by_side_{args.name}.json").read_text())
+        if before["test"] != args.test:
+            raise SystemExit(f"side_by_side_{args.name}.json is of {before['test']}, not {args.test}")
+        potentials = before["potentials"]
+        tables = {n: before["errors"][n] for n in potentials}
     for spec in args.potentials:
         name, _, path = spec.rpartition("=")
         calculator = E2FormerCalculator.from_file(path, device="cpu", dtype="float64", quiet=True)
@@ -142,7 +149,8 @@ def main(argv=None):
         tables[name or "MACE"] = mace_errors(json.loads(Path(path).read_text()), args.test, len(frames))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"side_by_side_{args.name}.json").write_text(json.dumps(
-        {"test": args.test, "potentials": dict(p.rpartition("=")[::2] for p in args.potentials), "errors": tables},
+        {"test": args.test, "potentials": potentials, "mace": dict(p.rpartition("=")[::2] for p in args.mace),
+         "errors": tables},
         indent=1) + "\n")
     text = markdown(args.name, args.test, tables)
     (RESULTS / f"side_by_side_{args.name}.md").write_text(text)
