@@ -77,8 +77,7 @@ CARDS = {
             "A light model (L_max 1, 24 channels) chosen for speed in 4,000-atom cells.",
             "The run was planned for 40 epochs with the second stage at 28; after 18 epochs it was resumed with "
             "28 epochs and the stage at 21 (the configuration file holds the final values), so a fresh run of "
-            "that file does not reproduce this one bit for bit. The MD stability run is 0.4 ps only (the earlier "
-            "potential's was 2 ps).",
+            "that file does not reproduce this one bit for bit.",
         ],
     },
 }
@@ -133,7 +132,7 @@ def property_lines(properties: dict, data: str) -> list[str]:
     table = properties.get("molecules", {}).get("retrained")
     if not table:
         return []
-    return [f"Relaxed from each xTB minimum (FIRE, fmax 0.005 eV/Å): RMSD to the minimum {min(table.values()):.3f}–"
+    return [f"Relaxed from each xTB minimum (BFGS, fmax 0.005 eV/Å): RMSD to the minimum {min(table.values()):.3f}–"
             f"{max(table.values()):.3f} Å over the {len(table)} minima (median {sorted(table.values())[len(table) // 2]:.3f} Å).", ""]
 
 
