@@ -189,9 +189,10 @@ def main(name: str) -> None:
     lines += split_section(old_results, card["old_data"], "Previous test split (random frames of the previous data set, `datasets/" + card["old_data"] + "`)")
     if mace:
         lines += [f"MACE {mace['versions']['mace-torch']} ({mace['parameters']:,} parameters) trained on the same "
-                  f"splits for the same wall-clock budget: force MAE {mace['test']['overall']['forces_mae']:.1f} meV/Å, "
-                  f"energy MAE {mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom on the independent split "
-                  f"(full table: `benchmarks/results/accuracy_{data}.md`, docs/accuracy.md).", ""]
+                  f"splits for {mace['training_wall_s'] / 60:.1f} min on this CPU: force MAE "
+                  f"{mace['test']['overall']['forces_mae']:.1f} meV/Å, energy MAE "
+                  f"{mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom on the independent split "
+                  f"(by molecule and temperature: `benchmarks/results/side_by_side_{data}.md`, docs/accuracy.md).", ""]
     if properties:
         lines += ["## Properties against the labeller", "", "`python benchmarks/properties.py` (float64; "
                   "table with the previous potential: `benchmarks/results/properties.md`):", ""]
