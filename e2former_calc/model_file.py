@@ -27,6 +27,7 @@ Older formats are read too, every energy staying what it was (to rounding):
 
 from __future__ import annotations
 
+import ast
 import datetime
 import os
 import tempfile
@@ -120,6 +121,17 @@ def read_model_file(path) -> dict:
     if damaged or not all(isinstance(e, (int, float)) and e == e and abs(e) != float("inf") for e in content["e0"]):
         raise ModelFileError(f"{path} holds non-finite numbers ({', '.join(damaged) or 'E0'})")
     return content
+
+
+def training_seconds(provenance: dict) -> float:
+    """Wall-clock seconds of training behind a potential file's weights: its own run's, plus
+    those of the file a fine-tuning started from (``provenance["init_from"]``, a dictionary the
+    file stores as text: read with :func:`ast.literal_eval`, literals only); NaN if unrecorded."""
+    own = float(provenance.get("training_time_s", "nan"))
+    if "init_from" not in provenance:
+        return own
+    start = ast.literal_eval(provenance["init_from"])
+    return own + float(start.get("training_time_s") or 0)
 
 
 def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[E2Former, dict]:

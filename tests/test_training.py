@@ -438,8 +438,13 @@ def test_fine_tuning_starts_from_a_potential_file_with_this_runs_e0(copper_data,
     tuned_history = list(csv_rows(tmp_path / "tuned" / "log.csv"))
     first_epoch = first.history[0]["valid_forces_mae"]
     assert float(tuned_history[0]["valid_forces_mae"]) < first_epoch
-    record = load_model(path)[1]["provenance"]["init_from"]
+    provenance = load_model(path)[1]["provenance"]
+    record = provenance["init_from"]
     assert str(start_file) in record and hashlib.sha256(Path(start_file).read_bytes()).hexdigest() in record
+    from e2former_calc.model_file import training_seconds
+
+    start_seconds = float(load_model(start_file)[1]["provenance"]["training_time_s"])
+    assert training_seconds(provenance) == pytest.approx(float(provenance["training_time_s"]) + start_seconds)
     # the start may move (its content is what the checkpoint remembers), not change
     moved = tmp_path / "moved.pt"
     moved.write_bytes(Path(start_file).read_bytes())

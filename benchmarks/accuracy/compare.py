@@ -15,7 +15,6 @@ README and docs/accuracy.md quote the tables.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import re
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from e2former_calc import E2FormerCalculator, predict  # noqa: E402
 from e2former_calc.evaluation import tally_errors  # noqa: E402
+from e2former_calc.model_file import training_seconds  # noqa: E402
 from e2former_calc.training.data import read_frames  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,8 +56,7 @@ def evaluate_e2former(args) -> dict:
         "model": "E2Former", "name": args.name, "potential": str(args.potential),
         "parameters": sum(p.numel() for p in model.parameters()),
         # a fine-tuned potential's budget includes the training of the weights it started from
-        "training_wall_s": float(provenance.get("training_time_s", "nan")) + float(
-            ast.literal_eval(provenance["init_from"])["training_time_s"] if "init_from" in provenance else 0),
+        "training_wall_s": training_seconds(provenance),
         "epochs": provenance.get("epochs"), "hardware": provenance.get("hardware"),
         "test": {"overall": tally.metrics("all"),
                  "per_config_type": {k: tally.metrics(k) for k in tally.keys() if k != "all"}},

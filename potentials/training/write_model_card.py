@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from e2former_calc.model_file import read_model_file  # noqa: E402
+from e2former_calc.model_file import read_model_file, training_seconds  # noqa: E402
 
 #: Where the shipped files were trained (their provenance names the CPU architecture only).
 MACHINE = ("this project's machine (AMD EPYC, 2 cores, no GPU), one torch thread, while another training (the other "
@@ -141,10 +141,10 @@ def start_lines(provenance: dict) -> list[str]:
     if "init_from" not in provenance:
         return []
     start = ast.literal_eval(provenance["init_from"])  # a dict written as text; literals only
-    own = float(provenance["training_time_s"])
     before = float(start["training_time_s"] or 0)
     return [f"- Fine-tuned from `{start['path']}` ({start['name']}, trained {before / 60:.1f} min on "
-            f"`{start['train']}`; SHA-256 {start['sha256'][:12]}…): {(own + before) / 60:.1f} min of training in all."]
+            f"`{start['train']}`; SHA-256 {start['sha256'][:12]}…): "
+            f"{training_seconds(provenance) / 60:.1f} min of training in all."]
 
 
 def main(name: str) -> None:
