@@ -93,32 +93,32 @@ class AtomGraph:
 
     @classmethod
     def from_arrays(cls, species, positions, cells, pbcs, neighbours, device="cpu") -> "AtomGraph":
-        """One graph from per-structure numpy arrays.
+        """One graph from per-structure arrays (numpy, or tensors).
 
         Args:
             species: per structure, ``[n_s]`` species indices.
             positions: per structure, ``[n_s, 3]`` positions (Å).
             cells: per structure, ``[3, 3]`` cell vectors as rows.
             pbcs: per structure, three booleans.
-            neighbours: per structure, a :class:`~e2former_calc.neighbours.Neighbours` (local indices).
+            neighbours: per structure, a :class:`~e2former_calc.neighbours.Neighbours` (local
+                indices; numpy arrays or tensors, which stay where they are when on ``device``).
             device: where the tensors go.
         """
         if not len(positions):
             raise ValueError("an AtomGraph needs at least one structure")
-        sizes = np.array([len(p) for p in positions], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        edge_offsets = np.repeat(offsets, [len(nb.receivers) for nb in neighbours])
 
         def tensor(values, dtype):
             return torch.as_tensor(values, dtype=dtype, device=device)
 
+        sizes = [len(p) for p in positions]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
         return cls(
-            species=tensor(np.concatenate(species), torch.long),
-            positions=tensor(np.concatenate(positions), torch.float64).reshape(-1, 3),
-            cells=tensor(np.stack(cells), torch.float64).reshape(-1, 3, 3),
-            pbc=tensor(np.stack(pbcs), torch.bool).reshape(-1, 3),
-            batch=tensor(np.repeat(np.arange(len(sizes)), sizes), torch.long),
-            receivers=tensor(np.concatenate([nb.receivers for nb in neighbours]) + edge_offsets, torch.long),
-            senders=tensor(np.concatenate([nb.senders for nb in neighbours]) + edge_offsets, torch.long),
-            cell_shifts=tensor(np.concatenate([nb.shifts for nb in neighbours]), torch.long).reshape(-1, 3),
+            species=torch.cat([tensor(z, torch.long).reshape(-1) for z in species]),
+            positions=torch.cat([tensor(p, torch.float64).reshape(-1, 3) for p in positions]),
+            cells=torch.stack([tensor(c, torch.float64).reshape(3, 3) for c in cells]),
+            pbc=torch.stack([tensor(np.asarray(p, dtype=bool), torch.bool).reshape(3) for p in pbcs]),
+            batch=torch.repeat_interleave(torch.arange(len(sizes), device=device), tensor(sizes, torch.long)),
+            receivers=torch.cat([tensor(nb.receivers, torch.long) + o for nb, o in zip(neighbours, offsets)]),
+            senders=torch.cat([tensor(nb.senders, torch.long) + o for nb, o in zip(neighbours, offsets)]),
+            cell_shifts=torch.cat([tensor(nb.shifts, torch.long).reshape(-1, 3) for nb in neighbours]),
         )

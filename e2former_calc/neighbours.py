@@ -13,7 +13,9 @@ structure sits, and a molecule 10,000 Å from the origin costs what it costs at 
 can have come within the cutoff: atoms moved less than ``skin / 2`` or, when a periodic cell
 changed too (NPT), ``2 max|displacement| + eps (cutoff + skin) <= skin`` with ``eps`` the strain
 of the cell (see :meth:`VerletList.update`). Pairs beyond the cutoff stay in the list; the model
-gives them exactly zero weight.
+gives them exactly zero weight. The reuse decision is computed where the positions are: with the
+torch search on a GPU the list, the old positions and the test stay on the device, and a step
+that keeps the list reads back a single boolean.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from matscipy.neighbours import neighbour_list as _matscipy_neighbour_list
 
 #: Axes names for error messages.
@@ -29,11 +32,14 @@ AXES = ("a (first cell vector)", "b (second cell vector)", "c (third cell vector
 
 @dataclass
 class Neighbours:
-    """Pairs within the cutoff: receiver ``i``, sender ``j``, integer image shift ``S`` of ``j``."""
+    """Pairs within the cutoff: receiver ``i``, sender ``j``, integer image shift ``S`` of ``j``.
 
-    receivers: np.ndarray  # [E] int64
-    senders: np.ndarray  # [E] int64
-    shifts: np.ndarray  # [E, 3] int64
+    numpy arrays from the matscipy search, int64 tensors on the search's device from the torch one.
+    """
+
+    receivers: np.ndarray | torch.Tensor  # [E] int64
+    senders: np.ndarray | torch.Tensor  # [E] int64
+    shifts: np.ndarray | torch.Tensor  # [E, 3] int64
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray) -> None:
@@ -52,6 +58,13 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray) -> None:
         if singular[-1] < 1e-6 * singular[0]:
             names = ", ".join(AXES[k] for k in periodic)
             raise ValueError(f"the periodic cell vectors ({names}) are degenerate: they span less than {len(periodic)} dimensions")
+
+
+def _numpy(values) -> np.ndarray:
+    """float64 numpy array of an array or a tensor on any device."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
 
 
 def _search_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
@@ -85,26 +98,26 @@ def neighbour_list(positions, cell, pbc, cutoff: float, backend: str = "matscipy
         cell: ``[3, 3]`` cell vectors as rows; only the periodic ones are used.
         pbc: three booleans.
         cutoff: radius in Å.
-        backend: ``"matscipy"`` (on the CPU, the default) or ``"torch"``: the cell list of
-            :mod:`e2former_calc.cell_list` on ``device`` (a GPU: the search of a large system
-            runs there; the same pairs, sorted by receiver).
+        backend: ``"matscipy"`` (on the CPU, the default; numpy arrays) or ``"torch"``: the
+            cell list of :mod:`e2former_calc.cell_list` on ``device`` (a GPU: the search of a
+            large system runs there and its pairs stay there; the same pairs, sorted by receiver).
     """
-    positions = np.asarray(positions, dtype=np.float64)
-    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if backend == "torch":
+        from .cell_list import cell_list
+
+        positions = torch.as_tensor(positions, dtype=torch.float64, device=device).reshape(-1, 3)
+        cell = torch.as_tensor(cell, dtype=torch.float64, device=positions.device).reshape(3, 3)
+        check_cell(cell.cpu().numpy(), pbc)
+        return Neighbours(*cell_list(positions, cell, pbc, cutoff))
+    if backend != "matscipy":
+        raise ValueError(f"neighbour backend must be matscipy or torch, got {backend!r}")
+    positions = _numpy(positions)
+    cell = _numpy(cell).reshape(3, 3)
     check_cell(cell, pbc)
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Neighbours(empty, empty, np.zeros((0, 3), dtype=np.int64))
-    if backend == "torch":
-        import torch
-
-        from .cell_list import cell_list
-
-        i, j, S = cell_list(torch.as_tensor(positions, device=device), torch.as_tensor(cell, device=device), pbc, cutoff)
-        return Neighbours(i.cpu().numpy(), j.cpu().numpy(), S.cpu().numpy())
-    if backend != "matscipy":
-        raise ValueError(f"neighbour backend must be matscipy or torch, got {backend!r}")
     moved, search_cell = _search_cell(positions, cell, pbc, cutoff)
     i, j, S = _matscipy_neighbour_list("ijS", positions=moved, cell=search_cell, pbc=pbc, cutoff=cutoff)
     S = S.astype(np.int64)
@@ -118,9 +131,12 @@ class VerletList:
     Args:
         cutoff: the model's cutoff (Å).
         skin: extra radius (Å); 0 rebuilds at every call.
+        backend, device: the search (see :func:`neighbour_list`); the reuse test runs on
+            ``device`` (the positions' device when None).
 
     ``update(positions, cell, pbc, numbers)`` returns the current :class:`Neighbours` (cutoff
-    ``cutoff + skin``) and whether it was rebuilt.
+    ``cutoff + skin``) and whether it was rebuilt. ``positions`` and ``cell`` may be numpy arrays
+    or tensors; ``pbc`` and ``numbers`` are small host arrays.
 
     Reuse criterion: with ``F = cell_old^-1 cell_new`` (the identity when the cell is unchanged),
     ``eps = ||F - 1||_2`` and ``u_i = r_i - r_i_old F`` each atom's motion beyond the homogeneous
@@ -139,8 +155,9 @@ class VerletList:
         self.builds = 0
 
     def update(self, positions, cell, pbc, numbers) -> tuple[Neighbours, bool]:
-        positions = np.asarray(positions, dtype=np.float64)
-        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        device = self.device if self.device is not None else getattr(positions, "device", "cpu")
+        positions = torch.as_tensor(positions, dtype=torch.float64, device=device).reshape(-1, 3)
+        cell = torch.as_tensor(cell, dtype=torch.float64, device=positions.device).reshape(3, 3)
         pbc = np.asarray(pbc, dtype=bool).reshape(3)
         numbers = np.asarray(numbers)
         if self._state is not None and self.skin > 0:
@@ -151,23 +168,27 @@ class VerletList:
                 and np.array_equal(old_pbc, pbc)
             ):
                 strain = self._strain(old_cell, cell, pbc)
-                if strain is not None:
-                    deformation = np.eye(3) + strain
-                    moved = np.sqrt(((positions - old_positions @ deformation) ** 2).sum(axis=1)).max(initial=0.0)
-                    eps = np.linalg.norm(strain, 2)
-                    if 2 * moved + eps * (self.cutoff + self.skin) <= self.skin:
-                        return neighbours, False
-        neighbours = neighbour_list(positions, cell, pbc, self.cutoff + self.skin, self.backend, self.device)
-        self._state = (positions.copy(), cell.copy(), pbc.copy(), numbers.copy(), neighbours)
+                if strain is not None and bool(self._within_skin(old_positions, positions, strain)):
+                    return neighbours, False
+        neighbours = neighbour_list(positions, cell, pbc, self.cutoff + self.skin, self.backend, positions.device)
+        self._state = (positions.clone(), cell.clone(), pbc.copy(), numbers.copy(), neighbours)
         self.builds += 1
         return neighbours, True
 
+    def _within_skin(self, old_positions: torch.Tensor, positions: torch.Tensor, strain: torch.Tensor) -> torch.Tensor:
+        """0-d bool tensor on the positions' device: ``2 max |u_i| + eps (cutoff + skin) <= skin``."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        moved = torch.linalg.vector_norm(positions - old_positions @ deformation, dim=1).max() if len(positions) \
+            else positions.new_zeros(())
+        eps = torch.linalg.matrix_norm(strain, ord=2)
+        return 2 * moved + eps * (self.cutoff + self.skin) <= self.skin
+
     @staticmethod
-    def _strain(old_cell, cell, pbc):
+    def _strain(old_cell: torch.Tensor, cell: torch.Tensor, pbc: np.ndarray):
         """``F - 1`` with ``cell = old_cell F``; zero for an unchanged cell, None when a changed
         cell is not fully periodic and invertible."""
-        if np.array_equal(old_cell, cell):
-            return np.zeros((3, 3))
-        if not pbc.all() or abs(np.linalg.det(old_cell)) < 1e-12:
+        if torch.equal(old_cell, cell):
+            return torch.zeros_like(cell)
+        if not pbc.all() or abs(float(torch.linalg.det(old_cell))) < 1e-12:
             return None
-        return np.linalg.solve(old_cell, cell) - np.eye(3)
+        return torch.linalg.solve(old_cell, cell) - torch.eye(3, dtype=cell.dtype, device=cell.device)

@@ -119,14 +119,16 @@ class Predictor:
         Reuses the neighbour list and the convolution plan while the Verlet skin allows.
         """
         self.check(atoms)
-        neighbours, rebuilt = self.verlet.update(atoms.get_positions(), atoms.cell.array, atoms.pbc, atoms.numbers)
+        # the one copy of the positions to the device a step needs; the skin test runs there
+        positions = torch.as_tensor(atoms.get_positions(), dtype=torch.float64, device=self.device)
+        cell = torch.as_tensor(atoms.cell.array, dtype=torch.float64, device=self.device)
+        neighbours, rebuilt = self.verlet.update(positions, cell, atoms.pbc, atoms.numbers)
         if rebuilt or self._reused is None:
-            graph = self._graph([atoms], [neighbours])
+            graph = AtomGraph.from_arrays([self.model.species_indices(atoms.numbers)], [positions], [cell], [atoms.pbc],
+                                          [neighbours], self.device)
             self._reused = (graph, self.forcefield.plan(graph))
         else:  # the same edges at the new positions and cell (NPT)
-            kept = self._reused[0]
-            graph = kept.with_geometry(torch.as_tensor(atoms.get_positions(), dtype=torch.float64, device=self.device),
-                                       torch.as_tensor(atoms.cell.array, dtype=torch.float64, device=self.device)[None])
+            graph = self._reused[0].with_geometry(positions, cell[None])
         check_graph_distances(graph, atoms.numbers)
         return self._evaluate(graph, self._reused[1], forces, stress and bool(atoms.pbc.all()))[0]
 

@@ -202,19 +202,21 @@ class E2FormerModel(ModelInterface):
         if self.skin > 0:  # undo torch-sim's wrapping of atoms into the cell (0.3.0 wraps at every MD step)
             for s, where in enumerate(per_system):
                 positions_np[where] = self._unwrap(s, positions_np[where], cells_np[s], pbc_np[s])
+        positions_on_device = torch.as_tensor(positions_np, device=self._device)
+        cells_on_device = rows.to(device=self._device, dtype=torch.float64)
         neighbours, rebuilt = [], False
         for s, where in enumerate(per_system):
-            nb, fresh = self._verlets[s].update(positions_np[where], cells_np[s], pbc_np[s], numbers_np[where])
+            nb, fresh = self._verlets[s].update(positions_on_device[where], cells_on_device[s], pbc_np[s],
+                                                numbers_np[where])
             neighbours.append(nb)
             rebuilt = rebuilt or fresh
         if rebuilt or self._reused is None:
             graph = AtomGraph.from_arrays([self.model.species_indices(numbers_np[w]) for w in per_system],
-                                          [positions_np[w] for w in per_system], list(cells_np), list(pbc_np),
-                                          neighbours, self._device)
+                                          [positions_on_device[w] for w in per_system], list(cells_on_device),
+                                          list(pbc_np), neighbours, self._device)
             self._reused = (graph, self.forcefield.plan(graph))
         else:  # the same edges at the new positions and cells
-            graph = self._reused[0].with_geometry(torch.as_tensor(positions_np, device=self._device),
-                                                  rows.to(device=self._device, dtype=torch.float64))
+            graph = self._reused[0].with_geometry(positions_on_device, cells_on_device)
         check_graph_distances(graph, numbers_np, "system")
         return graph, self._reused[1]
 
