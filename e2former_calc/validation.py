@@ -25,16 +25,18 @@ def element_name(z: int) -> str:
 def check_structure(numbers, positions, cell, pbc, known_numbers=None, where: str = "") -> None:
     """Raise ValueError if the structure cannot be evaluated: no atoms, a non-finite position, an
     element outside ``known_numbers`` (None: no check), or a periodic cell axis that is zero,
-    non-finite or degenerate. ``where`` (e.g. ``"structure 3: "``) prefixes the message."""
+    non-finite or degenerate. ``where`` (e.g. ``"structure 3: "``) prefixes the message.
+    ``positions`` or ``cell`` None skips that check (a caller that checks them on its own)."""
     numbers = np.asarray(numbers)
-    positions = np.asarray(positions, dtype=np.float64)
     if len(numbers) == 0:
         raise ValueError(f"{where}the structure has no atoms")
-    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-    if bad.size:
-        k = bad[0]
-        raise ValueError(f"{where}atom {k} ({element_name(int(numbers[k]))}) has a non-finite position "
-                         f"{positions[k].tolist()}")
+    if positions is not None:
+        positions = np.asarray(positions, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+        if bad.size:
+            k = bad[0]
+            raise ValueError(f"{where}atom {k} ({element_name(int(numbers[k]))}) has a non-finite position "
+                             f"{positions[k].tolist()}")
     if known_numbers is not None:
         unknown = np.flatnonzero(~np.isin(numbers, np.asarray(list(known_numbers))))
         if unknown.size:
@@ -42,6 +44,8 @@ def check_structure(numbers, positions, cell, pbc, known_numbers=None, where: st
             known = ", ".join(element_name(int(z)) for z in known_numbers)
             raise ValueError(f"{where}element {element_name(int(numbers[k]))} (atom {k}) is not known to this "
                              f"potential; it knows {known}")
+    if cell is None:
+        return
     try:
         check_cell(cell, pbc)
     except ValueError as error:

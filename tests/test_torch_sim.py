@@ -247,3 +247,53 @@ def test_cuda_matches_cpu(cu_calc, cu_model):
     assert all(v.device.type == "cuda" for v in out.values())
     for key in ("energy", "forces", "stress"):
         assert float((out[key].cpu() - ref[key]).abs().max()) < 1e-8, key
+
+
+def _nve(model, state, steps, kT, dt):
+    """Velocity-Verlet steps (momenta drawn at ``kT`` from seed 0) through this torch-sim's API."""
+    if hasattr(ts, "nve_init"):  # torch-sim >= 0.4
+        state = ts.nve_init(state, model, kT=kT, seed=0)
+        for _ in range(steps):
+            state = ts.nve_step(state, model, dt=dt)
+        return state
+    init, update = ts.nve(model=model, dt=dt, kT=kT, seed=0)  # torch-sim 0.3
+    state = init(state)
+    for _ in range(steps):
+        state = update(state, dt)
+    return state
+
+
+def test_a_run_with_a_skin_follows_the_run_without(cu_calc):
+    """MD steps move the state's atoms (in place or not, as torch-sim chooses) and may wrap them
+    into the cell: with a Verlet skin (lists and the fixed layout kept between calls) the
+    trajectory is the one rebuilt from scratch at every step."""
+    units = ts.units.MetalUnits
+    kT = torch.tensor(1500.0 * units.temperature, dtype=torch.float64)
+    dt = torch.tensor(0.004 * units.time, dtype=torch.float64)
+    finals = []
+    for skin in (0.0, 0.5):
+        model = E2FormerModel(cu_calc.model, device="cpu", dtype="float64", skin=skin)
+        state = ts.io.atoms_to_state(periodic_copper()[1:], CPU, torch.float64)
+        finals.append((_nve(model, state, 8, kT, dt), model))
+    (a, _), (b, reusing) = finals
+    assert float((a.positions - b.positions).abs().max()) < 1e-9
+    assert float((a.energy - b.energy).abs().max()) < 1e-9
+    start = ts.io.atoms_to_state(periodic_copper()[1:], CPU, torch.float64).positions
+    assert float((a.positions - start).abs().max()) > 0.05  # the atoms moved (or were wrapped)
+    builds = sum(v.builds for v in reusing._verlets)
+    assert 2 <= builds < 2 * 9, builds  # lists were kept at some steps
+
+
+def test_new_elements_and_bad_positions_are_caught_after_a_good_call(cu_model):
+    """The host copy of the atomic numbers is made again when they change, so a later state with
+    an unknown element is refused; a non-finite position is named by system and atom."""
+    cu_model(ts.io.atoms_to_state(periodic_copper(), CPU, torch.float64))
+    structures = periodic_copper()
+    structures[2].numbers[1] = 30
+    with pytest.raises(ValueError, match=r"system 2: element Zn \(atom 1\) is not known"):
+        cu_model(ts.io.atoms_to_state(structures, CPU, torch.float64))
+    state = ts.io.atoms_to_state(periodic_copper(), CPU, torch.float64)
+    n0 = int((state.system_idx == 0).sum())
+    state.positions[n0 + 4, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"system 1: atom 4 \(Cu\) has a non-finite position"):
+        cu_model(state)

@@ -105,6 +105,7 @@ class E2FormerModel(ModelInterface):
         self._verlets: list[VerletList] = []
         self._previous: list = []  # per system, the positions of the previous call (unwrapped)
         self._reused = None  # (AtomGraph, ConvPlan) while every system's Verlet list holds
+        self._fixed = None  # host copies of the atomic numbers and systems (see _layout)
 
     # -- constructors -----------------------------------------------------------------------
     @classmethod
@@ -160,14 +161,43 @@ class E2FormerModel(ModelInterface):
         return results
 
     # -- SimState -> AtomGraph --------------------------------------------------------------
-    def _graph(self, state):
-        positions = state.positions.detach()
-        rows = state.row_vector_cell.detach()  # [S, 3, 3], cell vectors as rows
-        n_systems = rows.shape[0]
-        n_atoms = positions.shape[0]
+    def _layout(self, state, n_atoms: int, n_systems: int) -> dict:
+        """What stays fixed along a run, on the host: atomic numbers, each system's atom range,
+        their species indices (checked against the potential's elements). Made again only when
+        the state's atomic numbers or systems change (compared on the device: no per-step copy)."""
+        numbers = state.atomic_numbers.detach()
         system_idx = getattr(state, "system_idx", None)
         if system_idx is None:
-            system_idx = torch.zeros(n_atoms, dtype=torch.long, device=positions.device)
+            system_idx = torch.zeros(n_atoms, dtype=torch.long, device=numbers.device)
+        system_idx = system_idx.detach()
+        kept = self._fixed
+        if (kept is not None and kept["n_systems"] == n_systems and kept["numbers"].shape == numbers.shape
+                and kept["system"].shape == system_idx.shape and kept["numbers"].device == numbers.device
+                and torch.equal(kept["numbers"], numbers) and torch.equal(kept["system"], system_idx)):
+            return kept
+        system_np = system_idx.cpu().numpy()
+        if system_np.size and (np.any(np.diff(system_np) < 0) or system_np[0] < 0 or system_np[-1] >= n_systems):
+            raise ValueError("state.system_idx must group the atoms of each system together, systems in order "
+                             f"0..{n_systems - 1}")
+        counts = np.bincount(system_np, minlength=n_systems)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        numbers_np = numbers.cpu().numpy().astype(np.int64)
+        systems = [slice(int(offsets[s]), int(offsets[s] + counts[s])) for s in range(n_systems)]
+        for s, where in enumerate(systems):
+            check_structure(numbers_np[where], None, None, None, self.atomic_numbers, f"system {s}: ")
+        self._fixed = {"n_systems": n_systems, "numbers": numbers.clone(), "system": system_idx.clone(),
+                       "numbers_np": numbers_np, "systems": systems,
+                       "species": [self.model.species_indices(numbers_np[w]) for w in systems]}
+        return self._fixed
+
+    def _graph(self, state):
+        """The state as an AtomGraph on the model's device. Per call the only copies to the host
+        are the cells (9 numbers per system) and a few booleans (the finiteness of the positions,
+        the skin tests, the shortest distance); positions stay on the device."""
+        # a copy, never a view of the state (torch-sim moves its atoms in place; unwrapped below)
+        positions = state.positions.detach().to(device=self._device, dtype=torch.float64, copy=True)
+        rows = state.row_vector_cell.detach().to(device=self._device, dtype=torch.float64)  # [S, 3, 3] rows
+        n_systems, n_atoms = rows.shape[0], positions.shape[0]
         pbc = torch.as_tensor(state.pbc, dtype=torch.bool).detach().cpu()
         if pbc.ndim == 0:
             pbc = pbc.repeat(3)
@@ -175,61 +205,49 @@ class E2FormerModel(ModelInterface):
             pbc = pbc.expand(n_systems, 3)
         if tuple(pbc.shape) != (n_systems, 3):
             raise ValueError(f"state.pbc must be a bool, three bools or [n_systems, 3], got shape {tuple(pbc.shape)}")
-
-        system_np = system_idx.detach().cpu().numpy()
-        if system_np.size and (np.any(np.diff(system_np) < 0) or system_np[0] < 0 or system_np[-1] >= n_systems):
-            raise ValueError("state.system_idx must group the atoms of each system together, systems in order "
-                             f"0..{n_systems - 1}")
-        counts = np.bincount(system_np, minlength=n_systems)
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        positions_np = positions.to(torch.float64).cpu().numpy().copy()  # never a view of the state (unwrapped below)
-        cells_np = rows.to(torch.float64).cpu().numpy()
         pbc_np = pbc.numpy()
-        numbers_np = state.atomic_numbers.detach().cpu().numpy().astype(np.int64)
-
-        per_system = []
+        fixed = self._layout(state, n_atoms, n_systems)
+        numbers_np, systems = fixed["numbers_np"], fixed["systems"]
+        cells_np = rows.cpu().numpy()
+        if not bool(torch.isfinite(positions).all()):  # name the atom (host copy only on this error)
+            positions_np = positions.cpu().numpy()
+            for s, where in enumerate(systems):
+                check_structure(numbers_np[where], positions_np[where], None, None, None, f"system {s}: ")
         for s in range(n_systems):
-            where = slice(offsets[s], offsets[s] + counts[s])
-            prefix = f"system {s}: "
-            check_structure(numbers_np[where], positions_np[where], cells_np[s], pbc_np[s], self.atomic_numbers, prefix)
-            per_system.append(where)
+            check_structure(numbers_np[systems[s]], None, cells_np[s], pbc_np[s], None, f"system {s}: ")
 
         if len(self._verlets) != n_systems:
             search = "torch" if self._device.type == "cuda" else "matscipy"  # the cell list on a GPU
             self._verlets = [VerletList(self.cutoff, self.skin, search, self._device) for _ in range(n_systems)]
             self._previous = [None] * n_systems
             self._reused = None
+        parts = [positions[where] for where in systems]
         if self.skin > 0:  # undo torch-sim's wrapping of atoms into the cell (0.3.0 wraps at every MD step)
-            for s, where in enumerate(per_system):
-                positions_np[where] = self._unwrap(s, positions_np[where], cells_np[s], pbc_np[s])
-        positions_on_device = torch.as_tensor(positions_np, device=self._device)
-        cells_on_device = rows.to(device=self._device, dtype=torch.float64)
+            parts = [self._unwrap(s, part, rows[s], pbc_np[s]) for s, part in enumerate(parts)]
+            positions = torch.cat(parts) if parts else positions
         neighbours, rebuilt = [], False
-        for s, where in enumerate(per_system):
-            nb, fresh = self._verlets[s].update(positions_on_device[where], cells_on_device[s], pbc_np[s],
-                                                numbers_np[where])
+        for s, part in enumerate(parts):
+            nb, fresh = self._verlets[s].update(part, rows[s], pbc_np[s], numbers_np[systems[s]])
             neighbours.append(nb)
             rebuilt = rebuilt or fresh
         if rebuilt or self._reused is None:
-            graph = AtomGraph.from_arrays([self.model.species_indices(numbers_np[w]) for w in per_system],
-                                          [positions_on_device[w] for w in per_system], list(cells_on_device),
-                                          list(pbc_np), neighbours, self._device)
+            graph = AtomGraph.from_arrays(fixed["species"], parts, list(rows), list(pbc_np), neighbours, self._device)
             self._reused = (graph, self.forcefield.plan(graph))
         else:  # the same edges at the new positions and cells
-            graph = self._reused[0].with_geometry(positions_on_device, cells_on_device)
+            graph = self._reused[0].with_geometry(positions, rows)
         check_graph_distances(graph, numbers_np, "system")
         return graph, self._reused[1]
 
-    def _unwrap(self, s: int, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    def _unwrap(self, s: int, positions: torch.Tensor, cell: torch.Tensor, pbc: np.ndarray) -> torch.Tensor:
         """``positions`` moved by whole periodic cell vectors to lie next to those of the previous
         call (an atom wrapped back into the cell is put back where it came from), so that the
         Verlet list sees the true displacements. The same structure either way: the list's
-        integer shifts are those of the positions it was built from, which are the ones returned."""
+        integer shifts are those of the positions it was built from, which are the ones returned.
+        On the positions' device; an atom that was not wrapped moves by exactly zero."""
         previous = self._previous[s]
         if previous is not None and previous.shape == positions.shape and pbc.any():
-            periodic = cell[pbc]
-            steps = np.rint((positions - previous) @ np.linalg.pinv(periodic))  # [n, n_periodic] whole cell vectors
-            if steps.any():
-                positions = positions - steps @ periodic
+            periodic = cell[torch.as_tensor(pbc, device=cell.device)]  # [n_periodic, 3]
+            steps = torch.round((positions - previous) @ torch.linalg.pinv(periodic))  # whole cell vectors
+            positions = positions - steps @ periodic
         self._previous[s] = positions
         return positions
