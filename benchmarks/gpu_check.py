@@ -13,7 +13,10 @@ and the run stops adding sizes once its budget is spent):
 4. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
    108-atom Cu cells, float32 with and without TF32 and float64;
 5. MACE (``mace-torch`` with its ``cuequivariance`` acceleration when they import there) of about
-   the same size on the same cells, else the reason it did not run.
+   the same size on the same cells, else the reason it did not run;
+6. torch-sim (when it imports): NVE steps of one large Cu cell through
+   :class:`~e2former_calc.integrations.torch_sim.E2FormerModel` with the 0.3 Å skin, float32,
+   sizes up as in 2 until its budget or memory ends, per size the step time and lists rebuilt.
 
     python benchmarks/gpu_check.py --output results/gpu_check.json       # on the GPU machine
     python benchmarks/gpu_check.py --cpu-smoke                            # here: the same code, tiny sizes
@@ -126,6 +129,62 @@ def scaling(device, dtype: str, repeats, budget: float, md: bool = True) -> list
             break
         finally:
             atoms.calc = None
+            reset_peak(device)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def torch_sim_md(device, repeats, budget: float, steps: int = 4) -> list[dict]:
+    """NVE steps of one fcc Cu cell through torch-sim (float32, skin 0.3 Å), by size until the budget."""
+    try:
+        import torch_sim as ts
+
+        from e2former_calc.integrations.torch_sim import E2FormerModel, torch_sim_version
+    except ImportError as error:
+        return [{"error": f"torch-sim not importable: {error}"}]
+    import torch
+    from ase.build import bulk
+
+    rows, start = [], time.perf_counter()
+    model = E2FormerModel.from_pretrained("e2former-emt-cu", device=str(device), dtype="float32", skin=SKIN)
+    units = ts.units.MetalUnits
+    kT = torch.tensor(1000.0 * units.temperature, device=device)
+    dt = torch.tensor(0.002 * units.time, device=device)
+    for n in repeats:
+        if time.perf_counter() - start > budget:
+            rows.append({"n_atoms": 4 * n**3, "error": "not run: time budget spent"})
+            break
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n)
+        atoms.rattle(0.05, seed=0)
+        row = {"n_atoms": len(atoms), "dtype": "float32", "torch_sim": torch_sim_version()}
+        try:
+            model._verlets = []  # a new system: fresh lists
+            state = ts.io.atoms_to_state([atoms], device, torch.float32)
+            if hasattr(ts, "nve_init"):  # torch-sim >= 0.4
+                state = ts.nve_init(state, model, kT=kT, seed=0)
+                step = lambda s: ts.nve_step(s, model, dt=dt)  # noqa: E731
+            else:
+                init, update = ts.nve(model=model, dt=dt, kT=kT, seed=0)
+                state = init(state)
+                step = lambda s: update(s, dt)  # noqa: E731
+            state = step(state)  # first step: lists, plan
+            sync(device)
+            builds = sum(v.builds for v in model._verlets)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                state = step(state)
+            sync(device)
+            row["step_s"] = (time.perf_counter() - t0) / steps
+            row["atom_steps_per_s"] = len(atoms) / row["step_s"]
+            row["rebuilds"] = sum(v.builds for v in model._verlets) - builds
+            row["steps"] = steps
+        except torch.cuda.OutOfMemoryError as error:
+            row["error"] = f"out of memory ({str(error).splitlines()[0][:120]})"
+            rows.append(row)
+            break
+        finally:
+            state = None
             reset_peak(device)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -276,13 +335,13 @@ def main(argv=None) -> int:
 
     if args.cpu_smoke:
         device, repeats, budgets = torch.device("cpu"), REPEATS_SMOKE, {"tests": 60, "float32": 60, "float64": 60,
-                                                                          "mace": 30}
+                                                                          "mace": 30, "torch_sim": 30}
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --cpu-smoke to check the script here", file=sys.stderr)
             return 2
         device, repeats, budgets = torch.device("cuda"), REPEATS_GPU, {"tests": 90, "float32": 150, "float64": 90,
-                                                                         "mace": 60}
+                                                                         "mace": 60, "torch_sim": 45}
     started = time.perf_counter()
     report = {"environment": environment(device), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(json.dumps(report["environment"]), flush=True)
@@ -292,6 +351,7 @@ def main(argv=None) -> int:
     report["neighbours"] = neighbour_search(device, repeats, 30 if args.cpu_smoke else 40)
     report["training"] = training_step(device, args.cpu_smoke)
     report["mace"] = mace_comparison(device, repeats, budgets["mace"], args.mace_python, args.mace_site)
+    report["torch_sim"] = torch_sim_md(device, repeats, budgets["torch_sim"])
     report["seconds"] = time.perf_counter() - started
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=1))
