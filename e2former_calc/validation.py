@@ -61,10 +61,11 @@ def check_distances(lengths: torch.Tensor, receivers: torch.Tensor, senders: tor
     """
     if lengths.numel() == 0:
         return
-    shortest = int(torch.argmin(lengths.detach()))
-    distance = float(lengths[shortest])
+    distance, shortest = torch.min(lengths.detach(), dim=0)
+    distance = float(distance)  # the one value read back per call (a sync on a GPU)
     if distance >= MINIMUM_DISTANCE:
         return
+    shortest = int(shortest)
     i, j = int(receivers[shortest]), int(senders[shortest])
     offsets = np.zeros(1, dtype=np.int64) if offsets is None else np.asarray(offsets)
     s = int(np.searchsorted(offsets, i, side="right") - 1)

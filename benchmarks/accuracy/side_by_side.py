@@ -1,8 +1,10 @@
 """Several potentials (e.g. before and after retraining) on one test file, side by side.
 
 Per configuration type (molecule or kind of copper structure), and per temperature where the frames
-carry ``temperature_K``: force MAE (meV/Å, per Cartesian component), energy MAE (meV/atom), and the
-mean energy error (meV/atom; one constant per molecule is the "offset" a force-weighted loss leaves).
+carry ``temperature_K``: force MAE (meV/Å, per Cartesian component), energy MAE (meV/atom), the
+mean energy error (meV/atom; one constant per molecule is the "offset" a force-weighted loss leaves)
+and, where fully periodic frames carry ``REF_stress``, the stress MAE (meV/Å³, over the six Voigt
+components, as ``train_mace.py`` counts it).
 
 Run with e2former-calc's environment, from the repository root::
 
@@ -26,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from ase.stress import full_3x3_to_voigt_6_stress  # noqa: E402
+
 from e2former_calc import E2FormerCalculator, predict  # noqa: E402
 from e2former_calc.training.data import read_frames  # noqa: E402
 
@@ -35,17 +39,24 @@ RESULTS = ROOT / "benchmarks" / "results"
 def errors(frames, calculator) -> dict:
     """Per group (config_type, and config_type at temperature): force MAE, energy MAE, mean energy error."""
     results = predict(frames, calculator, batch_size=16)
-    groups = defaultdict(lambda: {"force": [], "energy": []})
+    groups = defaultdict(lambda: {"force": [], "energy": [], "stress": []})
     for atoms, result in zip(frames, results):
         kind = str(atoms.info.get("config_type", "all"))
         force = np.abs(result["forces"] - atoms.arrays["REF_forces"]).ravel()
         energy = (result["energy"] - atoms.info["REF_energy"]) / len(atoms)
+        stress = None
+        if "REF_stress" in atoms.info and "stress" in result:
+            reference = np.asarray(atoms.info["REF_stress"], dtype=float).ravel()
+            reference = full_3x3_to_voigt_6_stress(reference.reshape(3, 3)) if reference.size == 9 else reference
+            stress = np.abs(result["stress"] - reference)
         names = [kind, "all"]
         if "temperature_K" in atoms.info and atoms.info["temperature_K"] > 0:
             names += [f"{kind} @ {atoms.info['temperature_K']:g} K", f"all @ {atoms.info['temperature_K']:g} K"]
         for name in names:
             groups[name]["force"].append(force)
             groups[name]["energy"].append(energy)
+            if stress is not None:
+                groups[name]["stress"].append(stress)
     out = {}
     for name, values in groups.items():
         energy = np.array(values["energy"])
@@ -53,6 +64,8 @@ def errors(frames, calculator) -> dict:
                      "energy_mae_meV_atom": 1000 * float(np.abs(energy).mean()),
                      "energy_mean_error_meV_atom": 1000 * float(energy.mean()),
                      "energy_mae_offset_removed_meV_atom": 1000 * float(np.abs(energy - energy.mean()).mean())}
+        if values["stress"]:
+            out[name]["stress_mae_meV_A3"] = 1000 * float(np.concatenate(values["stress"]).mean())
     return out
 
 
@@ -69,7 +82,8 @@ def mace_errors(result: dict, test: str, n_frames: int) -> dict:
     return {name: {"frames": m["frames"], "forces_mae_meV_A": m["forces_mae"],
                    "energy_mae_meV_atom": m["energy_per_atom_mae"],
                    "energy_mean_error_meV_atom": m["energy_per_atom_mean_error"],
-                   "energy_mae_offset_removed_meV_atom": m["energy_per_atom_mae_offset_removed"]}
+                   "energy_mae_offset_removed_meV_atom": m["energy_per_atom_mae_offset_removed"],
+                   **({"stress_mae_meV_A3": m["stress_mae"]} if m.get("stress_frames") else {})}
             for name, m in groups.items()}
 
 
@@ -88,9 +102,11 @@ def markdown(name: str, test: str, tables: dict) -> str:
     temperatures = sorted({k.split(" @ ")[1][:-2] for k in first if k.startswith("all @")}, key=float)
     lines = [f"# {name}: side by side on `{test}`\n", "Float64 evaluation; force MAE per Cartesian component, "
              "energies per atom; 'offset' is the mean energy error of the configuration type.\n"]
+    with_stress = all("stress_mae_meV_A3" in tables[n]["all"] for n in names)
     head = ["test set", "frames"]
     for n in names:
         head += [f"{n} F (meV/Å)", f"{n} E (meV/atom)", f"{n} offset (meV/atom)"]
+        head += [f"{n} σ (meV/Å³)"] if with_stress else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind in kinds + ["all"]:
         row = [f"**{kind}**" if kind == "all" else kind, str(first[kind]["frames"])]
@@ -98,6 +114,8 @@ def markdown(name: str, test: str, tables: dict) -> str:
             t = tables[n][kind]
             row += [f"{t['forces_mae_meV_A']:.1f}", f"{t['energy_mae_meV_atom']:.2f}",
                     "–" if kind == "all" else f"{t['energy_mean_error_meV_atom']:+.2f}"]
+            if with_stress:
+                row.append(f"{t['stress_mae_meV_A3']:.3f}" if "stress_mae_meV_A3" in t else "–")
         lines.append("| " + " | ".join(row) + " |")
     if temperatures:
         lines += ["", "Force MAE (meV/Å) by temperature:\n"]
