@@ -22,7 +22,7 @@ copy of the code before a change), process by process interleaved with this tree
 columns of the table see the same machine load. ``--env KEY=VALUE`` sets a variable for every
 run, ``--compare-env KEY=VALUE`` only for the comparison runs (with this tree when no
 ``--compare-tree`` is given), e.g. glibc's ``MALLOC_MMAP_THRESHOLD_``, or ``SCALING_RECOMPUTE=true``
-(read by this script: the calculator's ``recompute``; default ``auto``).
+(or ``blocks``; read by this script: the calculator's ``recompute``; default ``auto``).
 
     python benchmarks/scaling.py                                   # 108 .. 10,976 atoms, float32 and float64
     python benchmarks/scaling.py --sizes 6 10 14 --compare-tree /tmp/before --dtypes float32
@@ -55,8 +55,9 @@ SKIN = 0.3  # Å, the calculator's default
 def _calculator(args, skin):
     from e2former_calc import E2FormerCalculator
 
-    # SCALING_RECOMPUTE=true|false|auto (an --env / --compare-env value): the calculator's recompute
-    options = {"recompute": {"true": True, "false": False}.get(os.environ.get("SCALING_RECOMPUTE", "auto"), "auto")}
+    # SCALING_RECOMPUTE=true|false|auto|blocks (an --env / --compare-env value): the calculator's recompute
+    requested = os.environ.get("SCALING_RECOMPUTE", "auto")
+    options = {"recompute": {"true": True, "false": False}.get(requested, requested)}
     if args.preset:
         return E2FormerCalculator.from_config(args.preset, species=("Cu",), device="cpu", dtype=args.dtype, skin=skin,
                                               quiet=True, **options)

@@ -125,9 +125,15 @@ def relax_outputs(args) -> tuple[Path, Path | None]:
     return output, trajectory
 
 
-def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, atoms=None):
+#: ``--recompute`` -> the calculator's ``recompute`` (e2former_calc.model.recompute)
+RECOMPUTE = {"auto": "auto", "off": False, "radial": True, "blocks": "blocks"}
+
+
+def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, atoms=None, recompute: str = "auto"):
     from . import E2FormerCalculator
     from .potentials import find_potential
+
+    options = {"device": device, "dtype": dtype, "skin": skin, "recompute": RECOMPUTE[recompute]}
 
     if model == "auto":
         model = auto_potential(atoms)
@@ -135,11 +141,11 @@ def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, ato
     if model == "untrained":
         print("e2former: WARNING: an UNTRAINED model with random weights: the dynamics are not physical; "
               "use it to try the workflow only", file=sys.stderr)
-        return E2FormerCalculator.from_config(species=("H", "C", "N", "O", "Cu"), device=device, dtype=dtype, skin=skin)
+        return E2FormerCalculator.from_config(species=("H", "C", "N", "O", "Cu"), **options)
     if Path(model).is_file():
-        return E2FormerCalculator.from_file(model, device=device, dtype=dtype, skin=skin)
+        return E2FormerCalculator.from_file(model, **options)
     if find_potential(model) is not None:
-        return E2FormerCalculator.from_pretrained(model, device=device, dtype=dtype, skin=skin)
+        return E2FormerCalculator.from_pretrained(model, **options)
     raise FileNotFoundError(f"no potential file {model!r} and no shipped potential of that name (or use 'untrained')")
 
 
@@ -166,6 +172,10 @@ def _add_device_options(parser, default_dtype):
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--dtype", default=default_dtype, choices=("float32", "float64"),
                         help="floating-point precision of the model (float32 is faster, float64 more exact)")
+    parser.add_argument("--recompute", default="auto", choices=tuple(RECOMPUTE),
+                        help="what the backward pass (forces) recomputes instead of keeping: less memory per atom "
+                             "for more time, the same numbers; 'blocks' for the largest systems (about a third less "
+                             "memory per atom), 'auto' = 'radial' on a GPU, 'off' on the CPU")
 
 
 def _add_model_options(parser, default_dtype):
@@ -275,7 +285,7 @@ def main(argv=None) -> int:
         if args.command == "md":
             trajectory, log, resuming = md_outputs(args)
             atoms = _structure(args)
-            atoms.calc = _load_calculator(args.model, args.device, args.dtype, args.skin, atoms)
+            atoms.calc = _load_calculator(args.model, args.device, args.dtype, args.skin, atoms, args.recompute)
             if args.ensemble == "nve" and not resuming:
                 print(f"e2former: NVE: initial velocities at {args.temperature:g} K relax to about "
                       f"{args.temperature / 2:g} K by equipartition from a minimum-energy start "
@@ -291,7 +301,8 @@ def main(argv=None) -> int:
         elif args.command == "relax":
             output, trajectory = relax_outputs(args)
             atoms = _structure(args)
-            atoms.calc = _load_calculator(args.model, args.device, args.dtype, skin=0.0, atoms=atoms)
+            atoms.calc = _load_calculator(args.model, args.device, args.dtype, skin=0.0, atoms=atoms,
+                                          recompute=args.recompute)
             converged = run_relax(atoms, args.optimizer, args.fmax, args.steps, args.cell, trajectory)
             from ase.io import write
 
@@ -314,7 +325,8 @@ def main(argv=None) -> int:
             train(load_config(args.config), restart=args.restart, progress=not args.quiet)
         else:
             frames = read_frames(args.data)
-            calc = _load_calculator(args.potential, args.device, args.dtype, skin=0.0, atoms=frames)
+            calc = _load_calculator(args.potential, args.device, args.dtype, skin=0.0, atoms=frames,
+                                    recompute=args.recompute)
             keys = {"energy": args.energy_key, "forces": args.forces_key, "stress": args.stress_key}
             _, tally, parity = run_eval(frames, calc, args.output, args.batch_size, keys=keys)
             print(f"{len(frames)} structures; wrote {args.output}")

@@ -17,7 +17,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from .forces import ForceField
 from .graph import AtomGraph
 from .model import E2Former
-from .model.radial import set_radial_recompute
+from .model.recompute import set_recompute
 from .neighbours import VerletList, neighbour_list
 from .validation import check_graph_distances, check_structure
 
@@ -49,10 +49,10 @@ class Predictor:
             0 rebuilds the neighbour list at every call. Batches never use it.
         neighbours: ``"auto"`` (the torch cell list on a GPU, matscipy on the CPU),
             ``"matscipy"`` or ``"torch"`` (see :func:`~e2former_calc.neighbours.neighbour_list`).
-        recompute: ``"auto"`` (on a GPU only), True or False: recompute the radial networks'
-            hidden activations in the backward pass instead of keeping them (less memory per
-            atom, a little more time; the same numbers), see
-            :class:`~e2former_calc.model.radial.RadialNetwork`.
+        recompute: ``"auto"`` (on a GPU only), True, False or ``"blocks"``: what the backward
+            pass recomputes instead of keeping (less memory per atom, more time, the same
+            numbers): True the radial networks' activations, ``"blocks"`` every block's, see
+            :mod:`~e2former_calc.model.recompute`.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0, neighbours: str = "auto",
@@ -60,7 +60,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.forcefield = ForceField.frozen(model, self.device, self.dtype)
-        set_radial_recompute(self.forcefield, recompute)
+        set_recompute(self.forcefield, recompute)
         self.cutoff = float(model.config.cutoff)
         if neighbours == "auto":
             neighbours = "torch" if self.device.type == "cuda" else "matscipy"

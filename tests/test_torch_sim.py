@@ -91,6 +91,13 @@ def test_periodic_batch_matches_ase(cu_model, cu_calc):
     assert float(torch.diagonal(out["stress"][2]).sum()) < 0
 
 
+def test_recomputed_blocks_give_the_numbers_of_ase(cu_calc):
+    """``recompute="blocks"`` (the largest systems a device holds) changes memory, not numbers."""
+    model = E2FormerModel(cu_calc.model, device="cpu", dtype="float64", skin=0.0, recompute="blocks")
+    assert model.forcefield.model.recompute_blocks
+    compare_with_ase(model, cu_calc, periodic_copper())
+
+
 def test_non_periodic_batch_matches_ase(cu_model, cu_calc):
     """torch-sim states share one pbc for all systems; a batch of clusters, with zero stress rows."""
     rng = np.random.default_rng(4)

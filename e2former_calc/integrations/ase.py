@@ -37,9 +37,9 @@ class E2FormerCalculator(Calculator):
         quiet: do not print the one-line description of the loaded potential.
         neighbours: ``"auto"`` (a torch cell list on a GPU, matscipy on the CPU), ``"matscipy"``
             or ``"torch"``: who searches the neighbour list (the same pairs either way).
-        recompute: ``"auto"`` (on a GPU only), True or False: trade a little time for memory per
-            atom (the radial networks' activations are recomputed in the backward pass; the
-            same numbers).
+        recompute: ``"auto"`` (on a GPU only), True, False or ``"blocks"``: trade time for memory
+            per atom (True: the radial networks' activations are recomputed in the backward pass,
+            ``"blocks"``: every block's, for about one more forward pass; the same numbers).
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.3, metadata=None, quiet=False,

@@ -57,6 +57,7 @@ from ..forces import ForceField
 from ..graph import AtomGraph
 from ..model import E2Former
 from ..model_file import load_model
+from ..model.recompute import set_recompute
 from ..neighbours import VerletList
 from ..potentials import resolve_potential
 from ..predictor import resolve_device, resolve_dtype
@@ -87,16 +88,20 @@ class E2FormerModel(ModelInterface):
         compute_stress: return ``stress`` (zero for systems that are not fully periodic).
         skin: Verlet skin in Å (see the module docstring); 0 (default) rebuilds the neighbour
             lists at every call.
+        recompute: ``"auto"`` (on a GPU only), True, False or ``"blocks"``: what the backward
+            pass recomputes instead of keeping (:mod:`~e2former_calc.model.recompute`; the same
+            numbers; ``"blocks"`` for the largest systems a device holds).
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", compute_forces: bool = True,
-                 compute_stress: bool = True, skin: float = 0.0):
+                 compute_stress: bool = True, skin: float = 0.0, recompute="auto"):
         super().__init__()
         self._device = resolve_device(device)
         self._dtype = resolve_dtype(dtype)
         self._compute_forces = bool(compute_forces)
         self._compute_stress = bool(compute_stress)
         self.forcefield = ForceField.frozen(model, self._device, self._dtype)
+        set_recompute(self.forcefield, recompute)
         self.cutoff = float(model.config.cutoff)
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")

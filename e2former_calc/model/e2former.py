@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..conv import ConvGraph, ConvPlan, scatter_sum
 from ..conv.aggregation import EdgeSum
@@ -100,6 +103,11 @@ class E2Former(nn.Module):
             block (a halo exchange: an engine that splits the atoms over processes refreshes its
             ghost atoms' rows from their owners; it must be differentiable).
 
+    ``recompute_blocks`` (default False; :func:`~e2former_calc.model.recompute.set_recompute`
+    sets it): with frozen weights, the embedding and every block keep only their inputs for the
+    backward pass and redo their forward pass there (less memory per atom, one more forward
+    pass of time, the same numbers).
+
     Returns:
         ``[N]`` per-atom energies, float64 (the network runs in its parameters' dtype; the
         reference energies E0 are added in float64); the total energy is their sum.
@@ -125,6 +133,7 @@ class E2Former(nn.Module):
         # gradient, which an optimizer only walks by rounding noise)
         self.readout = nn.Sequential(nn.Linear(config.channels, config.channels), nn.SiLU(),
                                      nn.Linear(config.channels, 1, bias=False))
+        self.recompute_blocks = False
 
     def species_indices(self, atomic_numbers) -> np.ndarray:
         """``[n]`` int64 species index (position in ``atomic_numbers``) of each atomic number;
@@ -153,22 +162,23 @@ class E2Former(nn.Module):
         envelope = polynomial_envelope(lengths, self.config.cutoff, self.config.envelope_exponent)
         features = self.species_features(species)
         edge_inputs = (basis, features[graph.receivers], features[graph.senders], envelope)
+        stage = self._stage_runner(lengths)
         if stages is None:
             if plan is None:
                 plan = self.plan(graph)
-            h = self.embedding(species, graph, *edge_inputs)
+            h = stage(self.embedding, species, graph, *edge_inputs)
             for block in self.blocks:
                 if exchange is not None:
                     h = exchange(h)
-                h = block(h, graph, plan, *edge_inputs)
+                h = stage(block, h, graph, plan, *edge_inputs)
         else:
             graphs = stages.graphs(graph)
             inputs = [[t.index_select(0, e) for t in edge_inputs] for e in stages.edges]
-            h = self.embedding(species, graphs[0], *inputs[0])[: stages.nodes[0]]
+            h = stage(self.embedding, species, graphs[0], *inputs[0])[: stages.nodes[0]]
             for k, block in enumerate(self.blocks, start=1):
                 if exchange is not None:
                     h = exchange(h)
-                h = block(h, graphs[k], stages.plans[k - 1], *inputs[k], keep=stages.nodes[k])
+                h = stage(functools.partial(block, keep=stages.nodes[k]), h, graphs[k], stages.plans[k - 1], *inputs[k])
         n_out = h.shape[0]
         readout = self.readout(self.readout_norm(h)[:, :, 0]).squeeze(-1)  # [N]
         relative = readout.double() - self.isolated_atom_readout().double().index_select(0, species[:n_out])
@@ -182,6 +192,14 @@ class E2Former(nn.Module):
                                    species_j.index_select(0, close))
             energies = energies + scatter_sum(0.5 * pairs, last.receivers.index_select(0, close), n_out)
         return energies
+
+    def _stage_runner(self, lengths: torch.Tensor):
+        """How a stage (embedding or block) runs: directly, or recomputed in the backward pass
+        (``recompute_blocks``, frozen weights, a backward pass to come)."""
+        if not (self.recompute_blocks and torch.is_grad_enabled() and lengths.requires_grad
+                and not self.readout[0].weight.requires_grad):
+            return lambda module, *args: module(*args)
+        return lambda module, *args: checkpoint(module, *args, use_reentrant=False, preserve_rng_state=False)
 
     def isolated_atom_readout(self) -> torch.Tensor:
         """``[n_species]`` ``R(h_iso[Z])``: the readout of a lone atom of each species.

@@ -66,13 +66,3 @@ class RadialNetwork(nn.Module):
 
     def _net(self, basis, species_i, species_j):
         return self.net(torch.cat([basis, species_i, species_j], dim=-1))
-
-
-def set_radial_recompute(module: nn.Module, mode) -> None:
-    """Set :attr:`RadialNetwork.recompute` (``"auto"``, True or False) of every radial network in
-    ``module``."""
-    if not (isinstance(mode, bool) or mode == "auto"):
-        raise ValueError(f"recompute must be 'auto', True or False, got {mode!r}")
-    for m in module.modules():
-        if isinstance(m, RadialNetwork):
-            m.recompute = mode

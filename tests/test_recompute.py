@@ -1,4 +1,4 @@
-"""Recomputing the radial networks in the backward pass changes memory, never numbers."""
+"""Recomputing in the backward pass (the radial networks, or whole blocks) changes memory, never numbers."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ from e2former_calc import E2FormerCalculator
 from e2former_calc.forces import ForceField
 from e2former_calc.graph import AtomGraph
 from e2former_calc.model import E2Former, E2FormerConfig
-from e2former_calc.model.radial import RadialNetwork, set_radial_recompute
+from e2former_calc.model.radial import RadialNetwork
+from e2former_calc.model.recompute import set_recompute
 from e2former_calc.neighbours import neighbour_list
 
 
@@ -41,12 +42,13 @@ def _saved_bytes(fn):
     return sum(storages.values())
 
 
+@pytest.mark.parametrize("recompute", [True, "blocks"])
 @pytest.mark.parametrize("stress", [False, True])
-def test_recomputed_radial_networks_give_the_same_energy_forces_stress_and_second_derivatives(stress):
+def test_recomputing_gives_the_same_energy_forces_stress_and_second_derivatives(stress, recompute):
     field, graph = _frozen_field_and_graph(torch.float64)
     results = {}
-    for mode in (False, True):
-        set_radial_recompute(field, mode)
+    for mode in (False, recompute):
+        set_recompute(field, mode)
         out = field(graph, forces=True, stress=stress, create_graph=True)
         # a second derivative: the gradient of sum |F|^2 with respect to the positions
         positions = graph.positions.detach().requires_grad_(True)
@@ -56,21 +58,54 @@ def test_recomputed_radial_networks_give_the_same_energy_forces_stress_and_secon
         results[mode] = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.is_floating_point()}
         results[mode]["curvature"] = curvature
     for key, value in results[False].items():
-        torch.testing.assert_close(results[True][key], value, rtol=1e-12, atol=1e-12, msg=key)
-    assert results[True]["forces"].abs().max() > 1e-3  # not a trivial comparison
+        torch.testing.assert_close(results[recompute][key], value, rtol=1e-12, atol=1e-12, msg=key)
+    assert results[recompute]["forces"].abs().max() > 1e-3  # not a trivial comparison
+
+
+def test_recomputed_blocks_keep_the_numbers_of_layer_stages():
+    """The stage-by-stage evaluation LAMMPS uses (each block on fewer nodes) under ``"blocks"``."""
+    from e2former_calc.model.stages import LayerStages
+
+    field, graph = _frozen_field_and_graph(torch.float64)
+    model = field.model
+    conv = graph.conv_graph()
+    n = conv.n_nodes
+    stages = LayerStages.build(model, conv, np.zeros(n, dtype=np.int64))
+    results = {}
+    for mode in (False, "blocks"):
+        set_recompute(field, mode)
+        positions = graph.positions.detach().requires_grad_(True)
+        energies = model(graph.species, graph.with_geometry(positions).conv_graph(), stages=stages)
+        (gradient,) = torch.autograd.grad(energies.sum(), positions)
+        results[mode] = (energies.detach(), gradient)
+    torch.testing.assert_close(results["blocks"], results[False], rtol=1e-12, atol=1e-12)
+    assert results["blocks"][1].abs().max() > 1e-3
 
 
 def test_recomputing_keeps_less_for_the_backward_pass_and_only_with_frozen_weights():
     field, graph = _frozen_field_and_graph(torch.float32)
     kept = {}
-    for mode in (False, True):
-        set_radial_recompute(field, mode)
+    for mode in (False, True, "blocks"):
+        set_recompute(field, mode)
         kept[mode] = _saved_bytes(lambda: field(graph, forces=True))
     # what recomputing drops: each radial network's two [E, hidden] SiLU inputs
     config = field.model.config
     n_networks = 1 + config.num_layers
     hidden = 2 * n_networks * graph.n_edges * config.radial_hidden * 4  # float32
     assert kept[False] - kept[True] >= 0.95 * hidden, (kept, hidden)
+    # blocks: between the forward and the backward pass, per-atom features and the shared per-edge
+    # inputs only (basis, species features, envelope, lengths: 8 + 2*8 + 2 floats per edge), no
+    # per-edge activation of any block
+    shared_per_edge = (config.radial_basis + 2 * config.species_features + 2) * 4 * graph.n_edges
+    features = (1 + config.num_layers) * graph.positions.shape[0] * config.channels * (config.max_degree + 1) ** 2 * 4
+    assert kept["blocks"] <= 2 * (shared_per_edge + features), (kept, shared_per_edge, features)
+    assert kept["blocks"] < 0.2 * kept[False], kept
+    # trainable weights: every block keeps its activations whatever the mode
+    set_recompute(field, "blocks")
+    field.requires_grad_(True)
+    kept_trainable = _saved_bytes(lambda: field(graph, forces=True))
+    field.requires_grad_(False)
+    assert kept_trainable >= kept[False], (kept_trainable, kept)
     # trainable weights: the activations are needed for the parameter gradients, kept whatever the mode
     network = RadialNetwork(4, 2, 8, 3)
     network.recompute = True
@@ -86,12 +121,15 @@ def test_the_calculator_passes_recompute_on_and_refuses_nonsense():
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(0.05, seed=0)
     forces = {}
-    for mode in ("auto", True):
+    for mode in ("auto", True, "blocks"):
         calc = E2FormerCalculator.from_config("small", species=("Cu",), dtype="float64", recompute=mode, quiet=True)
-        assert all(m.recompute == mode for m in calc.predictor.forcefield.modules() if isinstance(m, RadialNetwork))
+        radial = False if mode == "blocks" else mode
+        assert all(m.recompute == radial for m in calc.predictor.forcefield.modules() if isinstance(m, RadialNetwork))
+        assert calc.predictor.model.recompute_blocks == (mode == "blocks")
         forces[mode] = calc.get_forces(atoms)
     np.testing.assert_allclose(forces[True], forces["auto"], rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="recompute must be 'auto', True or False"):
+    np.testing.assert_allclose(forces["blocks"], forces["auto"], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="recompute must be 'auto', True, False or 'blocks'"):
         E2FormerCalculator.from_config("small", species=("Cu",), recompute="yes", quiet=True)
 
 
@@ -101,7 +139,7 @@ def test_on_a_gpu_auto_recomputes_and_gives_the_numbers_of_keeping():
     network = next(m for m in field.modules() if isinstance(m, RadialNetwork))
     assert network._recomputes(torch.zeros(1, 1, device="cuda", requires_grad=True))
     recomputed = field(graph, forces=True, stress=True)
-    set_radial_recompute(field, False)
+    set_recompute(field, False)
     kept = field(graph, forces=True, stress=True)
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(recomputed[key], kept[key], rtol=1e-12, atol=1e-12)

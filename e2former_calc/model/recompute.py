@@ -1,0 +1,43 @@
+"""Memory for time: what a backward pass with frozen weights recomputes instead of keeping.
+
+Forces and stress are one backward pass through the network; by default autograd keeps every
+activation it needs for it, most of them per edge. With frozen weights (inference: MD,
+relaxation, LAMMPS, torch-sim) parts of the forward pass can instead be re-run during the
+backward pass from their inputs (non-reentrant :func:`torch.utils.checkpoint.checkpoint`, so
+derivatives of every order stay exact: the numbers are those of keeping, to rounding):
+
+* ``True``: the radial networks' two hidden ``[E, hidden]`` activations
+  (:class:`~e2former_calc.model.radial.RadialNetwork`);
+* ``"blocks"``: every stage that reads edges -- the edge-degree embedding and each transformer
+  block -- keeps only its input features ``[N, C, D]``; its per-edge activations exist for one
+  stage at a time, while that stage's backward pass runs. Costs about one more forward pass;
+* ``False``: keep everything (fastest);
+* ``"auto"``: ``True`` on CUDA tensors (memory bounds the system size there and the radial
+  networks are cheap to redo), ``False`` on the CPU.
+
+With trainable weights nothing is recomputed: the parameter gradients need the activations
+anyway.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+#: the accepted values of ``recompute``
+MODES = ("auto", True, False, "blocks")
+
+
+def set_recompute(module: nn.Module, mode) -> None:
+    """Set what the backward passes of every E2Former and radial network in ``module`` recompute:
+    one of :data:`MODES`."""
+    from .e2former import E2Former
+    from .radial import RadialNetwork
+
+    if not any(mode is m if isinstance(m, bool) else mode == m for m in MODES):
+        raise ValueError(f"recompute must be 'auto', True, False or 'blocks', got {mode!r}")
+    for m in module.modules():
+        if isinstance(m, RadialNetwork):
+            # inside a recomputed block the block's own recomputation frees them already
+            m.recompute = False if mode == "blocks" else mode
+        elif isinstance(m, E2Former):
+            m.recompute_blocks = mode == "blocks"
