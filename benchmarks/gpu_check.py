@@ -8,7 +8,8 @@ and the run stops adding sizes once its budget is spent):
    plan, network) and one velocity-Verlet step with the 0.3 Å skin, from 4,000 atoms up by
    factors of about 2 to 1,000,188 atoms (63^3 cubic cells) or the largest that fits; per size
    the time per atom, atom·steps/s and peak GPU memory per atom (``max_memory_allocated``); an
-   out-of-memory error ends that dtype's series and is recorded;
+   out-of-memory error ends that dtype's series and is recorded; then float32 with
+   ``recompute="blocks"`` at the largest sizes the default reached (a third less memory per atom);
 3. the neighbour search: the torch cell list on the GPU against matscipy on the CPU, by size;
 4. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
    108-atom Cu cells, float32 with and without TF32 and float64;
@@ -77,8 +78,9 @@ def cuda_tests(budget: float) -> dict:
         return {"files": files, "error": f"over its {budget:.0f} s budget"}
 
 
-def scaling(device, dtype: str, repeats, budget: float, md: bool = True) -> list[dict]:
-    """Energy+forces call and MD step per size until the budget, an out-of-memory error or the end."""
+def scaling(device, dtype: str, repeats, budget: float, md: bool = True, recompute="auto") -> list[dict]:
+    """Energy+forces call and MD step per size until the budget, an out-of-memory error or the end
+    (``recompute``: the calculator's, e2former_calc.model.recompute)."""
     import numpy as np
     import torch
     from ase import units
@@ -94,10 +96,10 @@ def scaling(device, dtype: str, repeats, budget: float, md: bool = True) -> list
             break
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n)
         atoms.rattle(0.05, seed=0)
-        row = {"n_atoms": len(atoms), "dtype": dtype}
+        row = {"n_atoms": len(atoms), "dtype": dtype, "recompute": str(recompute)}
         try:
             calc = E2FormerCalculator.from_pretrained("e2former-emt-cu", device=str(device), dtype=dtype, skin=0.0,
-                                                      quiet=True)
+                                                      quiet=True, recompute=recompute)
             atoms.calc = calc
             reset_peak(device)
             base = peak_bytes(device) if device.type != "cuda" else torch.cuda.memory_allocated(device)
@@ -114,7 +116,7 @@ def scaling(device, dtype: str, repeats, budget: float, md: bool = True) -> list
             row["call_us_per_atom"] = 1e6 * row["call_s"] / len(atoms)
             if md:
                 atoms.calc = E2FormerCalculator.from_pretrained("e2former-emt-cu", device=str(device), dtype=dtype,
-                                                                skin=SKIN, quiet=True)
+                                                                skin=SKIN, quiet=True, recompute=recompute)
                 dyn = VelocityVerlet(atoms, timestep=2.0 * units.fs)
                 dyn.run(1)  # first step: list, plan
                 sync(device)
@@ -335,19 +337,24 @@ def main(argv=None) -> int:
 
     if args.cpu_smoke:
         device, repeats, budgets = torch.device("cpu"), REPEATS_SMOKE, {"tests": 60, "float32": 60, "float64": 60,
-                                                                          "mace": 30, "torch_sim": 30}
+                                                                          "blocks": 30, "mace": 30, "torch_sim": 30}
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --cpu-smoke to check the script here", file=sys.stderr)
             return 2
-        device, repeats, budgets = torch.device("cuda"), REPEATS_GPU, {"tests": 90, "float32": 150, "float64": 90,
-                                                                         "mace": 60, "torch_sim": 45}
+        device, repeats, budgets = torch.device("cuda"), REPEATS_GPU, {"tests": 90, "float32": 130, "float64": 80,
+                                                                         "blocks": 40, "mace": 55, "torch_sim": 40}
     started = time.perf_counter()
     report = {"environment": environment(device), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(json.dumps(report["environment"]), flush=True)
     if not args.skip_tests:
         report["cuda_tests"] = cuda_tests(budgets["tests"])
     report["scaling"] = {dtype: scaling(device, dtype, repeats, budgets[dtype]) for dtype in ("float32", "float64")}
+    # recompute="blocks" from the largest float32 size the default reached (or ran out of memory at)
+    reached = [r["n_atoms"] for r in report["scaling"]["float32"] if "error" not in r or "memory" in r["error"]]
+    largest = [n for n in repeats if 4 * n**3 >= max(reached, default=0)][:3]
+    report["scaling"]["float32, recompute=blocks"] = scaling(device, "float32", largest, budgets["blocks"],
+                                                             recompute="blocks")
     report["neighbours"] = neighbour_search(device, repeats, 30 if args.cpu_smoke else 40)
     report["training"] = training_step(device, args.cpu_smoke)
     report["mace"] = mace_comparison(device, repeats, budgets["mace"], args.mace_python, args.mace_site)
@@ -356,9 +363,9 @@ def main(argv=None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=1))
     print("| atoms | dtype | call µs/atom | MD atom·steps/s | peak KiB/atom | note |\n|---|---|---|---|---|---|")
-    for dtype, rows in report["scaling"].items():
+    for series, rows in report["scaling"].items():
         for r in rows:
-            print(f"| {r['n_atoms']:,} | {dtype} | {r.get('call_us_per_atom', float('nan')):.2f} | "
+            print(f"| {r['n_atoms']:,} | {series} | {r.get('call_us_per_atom', float('nan')):.2f} | "
                   f"{r.get('md_atom_steps_per_s', float('nan')):,.0f} | {r.get('peak_memory_kib_per_atom', float('nan')):.1f} "
                   f"| {r.get('error', '')} |")
     print(f"wrote {args.output} ({report['seconds']:.0f} s)")
