@@ -194,7 +194,8 @@ def main(name: str) -> None:
                   f"splits for {mace['training_wall_s'] / 60:.1f} min on this CPU: force MAE "
                   f"{mace['test']['overall']['forces_mae']:.1f} meV/Å, energy MAE "
                   f"{mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom on the independent split "
-                  f"(by molecule and temperature: `benchmarks/results/side_by_side_{data}.md`, docs/accuracy.md).", ""]
+                  f"({'per kind of structure' if data.startswith('emt') else 'by molecule and temperature'}: "
+                  f"`benchmarks/results/side_by_side_{data}.md`, docs/accuracy.md).", ""]
     if properties:
         lines += ["## Properties against the labeller", "", "`python benchmarks/properties.py` (float64; "
                   "table with the previous potential: `benchmarks/results/properties.md`):", ""]
