@@ -173,9 +173,9 @@ def _add_device_options(parser, default_dtype):
     parser.add_argument("--dtype", default=default_dtype, choices=("float32", "float64"),
                         help="floating-point precision of the model (float32 is faster, float64 more exact)")
     parser.add_argument("--recompute", default="auto", choices=tuple(RECOMPUTE),
-                        help="what the backward pass (forces) recomputes instead of keeping: less memory per atom "
-                             "for more time, the same numbers; 'blocks' for the largest systems (about a third less "
-                             "memory per atom), 'auto' = 'radial' on a GPU, 'off' on the CPU")
+                        help="what the backward pass (forces) recomputes instead of keeping: less memory per "
+                             "atom for more time, the same numbers; 'blocks' for the largest systems (a quarter to "
+                             "a third less memory per atom), 'auto' = 'radial' on a GPU, 'off' on the CPU")
 
 
 def _add_model_options(parser, default_dtype):
