@@ -129,7 +129,8 @@ def relax_outputs(args) -> tuple[Path, Path | None]:
 RECOMPUTE = {"auto": "auto", "off": False, "radial": True, "blocks": "blocks"}
 
 
-def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, atoms=None, recompute: str = "auto"):
+def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, atoms=None,
+                     recompute: str = "auto"):
     from . import E2FormerCalculator
     from .potentials import find_potential
 
@@ -173,9 +174,10 @@ def _add_device_options(parser, default_dtype):
     parser.add_argument("--dtype", default=default_dtype, choices=("float32", "float64"),
                         help="floating-point precision of the model (float32 is faster, float64 more exact)")
     parser.add_argument("--recompute", default="auto", choices=tuple(RECOMPUTE),
-                        help="what the backward pass (forces) recomputes instead of keeping: less memory per "
-                             "atom for more time, the same numbers; 'blocks' for the largest systems (a quarter to "
-                             "a third less memory per atom), 'auto' = 'radial' on a GPU, 'off' on the CPU")
+                        help="what the backward pass (forces) recomputes instead of keeping: less memory "
+                             "per atom for more time, the same numbers; 'blocks' for the largest systems (a "
+                             "quarter to a third less memory per atom), 'auto' = 'radial' on a GPU, 'off' on "
+                             "the CPU")
 
 
 def _add_model_options(parser, default_dtype):
