@@ -135,7 +135,6 @@ def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, ato
     from .potentials import find_potential
 
     options = {"device": device, "dtype": dtype, "skin": skin, "recompute": RECOMPUTE[recompute]}
-
     if model == "auto":
         model = auto_potential(atoms)
         print(f"e2former: using the shipped potential {model}", file=sys.stderr)

@@ -23,17 +23,14 @@ from __future__ import annotations
 
 from torch import nn
 
-#: the accepted values of ``recompute``
-MODES = ("auto", True, False, "blocks")
+from .e2former import E2Former
+from .radial import RadialNetwork
 
 
 def set_recompute(module: nn.Module, mode) -> None:
     """Set what the backward passes of every E2Former and radial network in ``module`` recompute:
-    one of :data:`MODES`."""
-    from .e2former import E2Former
-    from .radial import RadialNetwork
-
-    if not any(mode is m if isinstance(m, bool) else mode == m for m in MODES):
+    ``"auto"``, True, False or ``"blocks"``."""
+    if not (isinstance(mode, bool) or mode in ("auto", "blocks")):
         raise ValueError(f"recompute must be 'auto', True, False or 'blocks', got {mode!r}")
     for m in module.modules():
         if isinstance(m, RadialNetwork):
