@@ -14,6 +14,7 @@ import torch
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .allocator import keep_freed_memory_on
 from .forces import ForceField
 from .graph import AtomGraph
 from .model import E2Former
@@ -53,12 +54,16 @@ class Predictor:
             pass recomputes instead of keeping (less memory per atom, more time, the same
             numbers): True the radial networks' activations, ``"blocks"`` every block's, see
             :mod:`~e2former_calc.model.recompute`.
+        keep_freed_memory: on the CPU, raise glibc's mmap and trim thresholds for the process
+            (:mod:`~e2former_calc.allocator`), so that large systems reuse freed memory instead
+            of mapping fresh pages at every call; False leaves the allocator alone.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0, neighbours: str = "auto",
-                 recompute="auto"):
+                 recompute="auto", keep_freed_memory: bool = True):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        keep_freed_memory_on(self.device, keep_freed_memory)
         self.forcefield = ForceField.frozen(model, self.device, self.dtype)
         set_recompute(self.forcefield, recompute)
         self.cutoff = float(model.config.cutoff)

@@ -40,14 +40,17 @@ class E2FormerCalculator(Calculator):
         recompute: ``"auto"`` (on a GPU only), True, False or ``"blocks"``: trade time for memory
             per atom (True: the radial networks' activations are recomputed in the backward pass,
             ``"blocks"``: every block's, for about one more forward pass; the same numbers).
+        keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
+            thresholds, :mod:`~e2former_calc.allocator`): per-atom cost stays flat up to the
+            largest systems; False leaves the allocator alone.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.3, metadata=None, quiet=False,
-                 neighbours: str = "auto", recompute="auto", **kwargs):
+                 neighbours: str = "auto", recompute="auto", keep_freed_memory: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
         self.predictor = Predictor(model, device=device, dtype=dtype, skin=skin, neighbours=neighbours,
-                                   recompute=recompute)
+                                   recompute=recompute, keep_freed_memory=keep_freed_memory)
         # the weights as given (e.g. float64 from the file), for save(): the predictor's copy may be float32
         self._weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.metadata = dict(metadata or {})

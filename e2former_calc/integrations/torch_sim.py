@@ -53,6 +53,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch-
         "(the PyPI package torch-sim-atomistic>=0.3)"
     ) from error
 
+from ..allocator import keep_freed_memory_on
 from ..forces import ForceField
 from ..graph import AtomGraph
 from ..model import E2Former
@@ -91,13 +92,16 @@ class E2FormerModel(ModelInterface):
         recompute: ``"auto"`` (on a GPU only), True, False or ``"blocks"``: what the backward
             pass recomputes instead of keeping (:mod:`~e2former_calc.model.recompute`; the same
             numbers; ``"blocks"`` for the largest systems a device holds).
+        keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
+            thresholds, :mod:`~e2former_calc.allocator`); False leaves the allocator alone.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", compute_forces: bool = True,
-                 compute_stress: bool = True, skin: float = 0.0, recompute="auto"):
+                 compute_stress: bool = True, skin: float = 0.0, recompute="auto", keep_freed_memory: bool = True):
         super().__init__()
         self._device = resolve_device(device)
         self._dtype = resolve_dtype(dtype)
+        keep_freed_memory_on(self._device, keep_freed_memory)
         self._compute_forces = bool(compute_forces)
         self._compute_stress = bool(compute_stress)
         self.forcefield = ForceField.frozen(model, self._device, self._dtype)
