@@ -98,6 +98,17 @@ def test_recomputed_blocks_give_the_numbers_of_ase(cu_calc):
     compare_with_ase(model, cu_calc, periodic_copper())
 
 
+def test_the_model_keeps_freed_memory_on_the_cpu_unless_told_not_to(cu_calc, monkeypatch):
+    import e2former_calc.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(True) or True)
+    E2FormerModel(cu_calc.model, device="cpu", keep_freed_memory=False)
+    assert calls == []
+    E2FormerModel(cu_calc.model, device="cpu")
+    assert calls == [True]
+
+
 def test_non_periodic_batch_matches_ase(cu_model, cu_calc):
     """torch-sim states share one pbc for all systems; a batch of clusters, with zero stress rows."""
     rng = np.random.default_rng(4)
