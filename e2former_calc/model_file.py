@@ -125,8 +125,9 @@ def read_model_file(path) -> dict:
 
 def training_seconds(provenance: dict) -> float:
     """Wall-clock seconds of training behind a potential file's weights: its own run's, plus
-    those of the file a fine-tuning started from (``provenance["init_from"]``, a dictionary the
-    file stores as text: read with :func:`ast.literal_eval`, literals only); NaN if unrecorded."""
+    those behind the file a fine-tuning started from (``provenance["init_from"]``, a dictionary the
+    file stores as text: read with :func:`ast.literal_eval`, literals only; it records the whole
+    time behind the start, so a chain of fine-tunings counts every run); NaN if unrecorded."""
     own = float(provenance.get("training_time_s", "nan"))
     if "init_from" not in provenance:
         return own

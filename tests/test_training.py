@@ -1,6 +1,7 @@
 """Training: configuration checks, E0 fit, learning, exact resume after kill -9, data-parallel
 equivalence with one process, evaluation tables and parity plots."""
 
+import ast
 import hashlib
 import os
 import signal
@@ -445,6 +446,12 @@ def test_fine_tuning_starts_from_a_potential_file_with_this_runs_e0(copper_data,
 
     start_seconds = float(load_model(start_file)[1]["provenance"]["training_time_s"])
     assert training_seconds(provenance) == pytest.approx(float(provenance["training_time_s"]) + start_seconds)
+    # a fine-tuning of the fine-tuned file counts all three runs
+    chained = dict(values, model={"init_from": str(path)}, output=str(tmp_path / "tuned-again"))
+    again_provenance = load_model(Trainer(parse_config(chained), progress=False, log=lambda m: None).run())[1]["provenance"]
+    behind = ast.literal_eval(again_provenance["init_from"])["training_time_s"]
+    assert start_seconds > 0 and behind == f"{float(provenance['training_time_s']) + start_seconds:.0f}"
+    assert training_seconds(again_provenance) == float(again_provenance["training_time_s"]) + float(behind)
     # the start may move (its content is what the checkpoint remembers), not change
     moved = tmp_path / "moved.pt"
     moved.write_bytes(Path(start_file).read_bytes())

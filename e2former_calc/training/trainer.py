@@ -40,7 +40,7 @@ from ase.data import chemical_symbols
 from ..forces import ForceField
 from ..graph import AtomGraph
 from ..model import E2Former
-from ..model_file import atomic_save, load_model, save_model
+from ..model_file import atomic_save, load_model, save_model, training_seconds
 from ..progress import progress_bar
 from .config import TrainConfig
 from .data import (
@@ -202,9 +202,10 @@ class Trainer:
             for name, p in self.model.state_dict().items():
                 p.copy_(start.state_dict()[name])
         provenance = metadata.get("provenance", {})
+        behind = training_seconds(provenance)  # the start's run and, if it was fine-tuned too, its start's
         return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "name": provenance.get("name", ""), "train": provenance.get("train", ""),
-                "training_time_s": provenance.get("training_time_s", "")}
+                "training_time_s": "" if math.isnan(behind) else f"{behind:.0f}"}
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then a cosine from ``lr`` to ``lr * min_lr_factor`` at ``max_epochs``;
