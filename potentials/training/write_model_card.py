@@ -145,8 +145,8 @@ def start_lines(provenance: dict) -> list[str]:
         return []
     start = ast.literal_eval(provenance["init_from"])  # a dict written as text; literals only
     before = float(start["training_time_s"] or 0)
-    return [f"- Fine-tuned from `{start['path']}` ({start['name']}, trained {before / 60:.1f} min on "
-            f"`{start['train']}`; SHA-256 {start['sha256'][:12]}…): "
+    return [f"- Fine-tuned from `{start['path']}` ({start['name']}, {before / 60:.1f} min of training behind it, the "
+            f"last on `{start['train']}`; SHA-256 {start['sha256'][:12]}…): "
             f"{training_seconds(provenance) / 60:.1f} min of training in all."]
 
 
