@@ -54,7 +54,6 @@ def test_after_a_calculator_is_built_a_freed_64_mib_block_stays_in_the_process(k
     # with the thresholds raised it comes from the heap and stays there for the next call
     code = (
         "import os, numpy as np\n"
-        "for key in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'): os.environ.pop(key, None)\n"
         "from e2former_calc import E2FormerCalculator\n"
         f"E2FormerCalculator.from_config(species=('Cu',), device='cpu', quiet=True, keep_freed_memory={keep})\n"
         "def resident(): return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
