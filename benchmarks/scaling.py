@@ -21,8 +21,9 @@ process's user + system time: on a machine shared with other work it is the stea
 copy of the code before a change), process by process interleaved with this tree, so the two
 columns of the table see the same machine load. ``--env KEY=VALUE`` sets a variable for every
 run, ``--compare-env KEY=VALUE`` only for the comparison runs (with this tree when no
-``--compare-tree`` is given), e.g. glibc's ``MALLOC_MMAP_THRESHOLD_``, or ``SCALING_RECOMPUTE=true``
-(or ``blocks``; read by this script: the calculator's ``recompute``; default ``auto``).
+``--compare-tree`` is given), e.g. glibc's ``MALLOC_MMAP_THRESHOLD_``, or ``SCALING_RECOMPUTE=blocks``
+(or ``false``; ``true`` for trees that still had it; read by this script: the calculator's
+``recompute``; default ``auto``).
 
     python benchmarks/scaling.py                                   # 108 .. 10,976 atoms, float32 and float64
     python benchmarks/scaling.py --sizes 6 10 14 --compare-tree /tmp/before --dtypes float32

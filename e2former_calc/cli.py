@@ -126,7 +126,7 @@ def relax_outputs(args) -> tuple[Path, Path | None]:
 
 
 #: ``--recompute`` -> the calculator's ``recompute`` (e2former_calc.model.recompute)
-RECOMPUTE = {"auto": "auto", "off": False, "radial": True, "blocks": "blocks"}
+RECOMPUTE = {"auto": "auto", "off": False, "blocks": "blocks"}
 
 
 def _load_calculator(model: str, device: str, dtype: str, skin: float = 0.3, atoms=None,
@@ -175,8 +175,7 @@ def _add_device_options(parser, default_dtype):
     parser.add_argument("--recompute", default="auto", choices=tuple(RECOMPUTE),
                         help="what the backward pass (forces) recomputes instead of keeping: less memory "
                              "per atom for more time, the same numbers; 'blocks' for the largest systems (a "
-                             "quarter to a third less memory per atom), 'auto' = 'radial' on a GPU, 'off' on "
-                             "the CPU")
+                             "quarter to a third less memory per atom), 'auto' = 'off': keep everything")
 
 
 def _add_model_options(parser, default_dtype):

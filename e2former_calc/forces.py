@@ -85,7 +85,8 @@ class ForceField(nn.Module):
                                                graph.cells @ deformation)
             else:
                 strained = graph.with_geometry(positions)
-            atom_energies = self.model(graph.species, strained.conv_graph(), plan)  # [N] float64
+            atom_energies = self.model(graph.species, strained.conv_graph(), plan,
+                                       first_derivatives_only=not create_graph)  # [N] float64
             energy = scatter_sum(atom_energies, graph.batch, graph.n_structures)  # [S]
             out = {"energy": energy, "atom_energies": atom_energies}
             wanted = [t for t, flag in ((positions, forces), (strain, stress)) if flag]
@@ -135,7 +136,8 @@ class ForceField(nn.Module):
             graph = ConvGraph.from_edge_vectors(vectors, forest)
             if plan is None and stages is None:
                 plan = self.model.plan(graph)
-            atom_energies = self.model(species, graph, plan, stages=stages, exchange=exchange)
+            atom_energies = self.model(species, graph, plan, stages=stages, exchange=exchange,
+                                       first_derivatives_only=not create_graph)
             counted = atom_energies if energy_mask is None else atom_energies[energy_mask]
             energy = counted.sum()
             (gradients,) = torch.autograd.grad(energy, vectors, create_graph=create_graph)

@@ -50,10 +50,9 @@ class Predictor:
             0 rebuilds the neighbour list at every call. Batches never use it.
         neighbours: ``"auto"`` (the torch cell list on a GPU, matscipy on the CPU),
             ``"matscipy"`` or ``"torch"`` (see :func:`~e2former_calc.neighbours.neighbour_list`).
-        recompute: ``"auto"`` (on a GPU only), True, False or ``"blocks"``: what the backward
-            pass recomputes instead of keeping (less memory per atom, more time, the same
-            numbers): True the radial networks' activations, ``"blocks"`` every block's, see
-            :mod:`~e2former_calc.model.recompute`.
+        recompute: ``"auto"`` or False (keep everything), or ``"blocks"``: the backward pass
+            recomputes every block's activations instead of keeping them (less memory per atom,
+            more time, the same numbers), see :mod:`~e2former_calc.model.recompute`.
         keep_freed_memory: on the CPU, raise glibc's mmap and trim thresholds for the process
             (:mod:`~e2former_calc.allocator`), so that large systems reuse freed memory instead
             of mapping fresh pages at every call; False leaves the allocator alone.

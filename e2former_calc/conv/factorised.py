@@ -38,6 +38,27 @@ FLOAT64_BLOCK_SIDE = 100.0
 _ZERO = 1e-12
 
 
+class _DivideByLengthPower(torch.autograd.Function):
+    """``w' = w / |r|^f``, ``[E, C]`` from ``w [E, C]`` and ``|r| [E]``, keeping ``w'`` (which the
+    edge stage keeps anyway) and ``|r|`` for the backward pass instead of ``w``:
+    ``dL/dw = dL/dw' / |r|^f`` and ``dL/d|r| = -(f / |r|) sum_c dL/dw'_c w'_c``. The backward pass
+    is made of differentiable operations: derivatives of every order."""
+
+    @staticmethod
+    def forward(ctx, weights, lengths, f):
+        out = weights * lengths.pow(-f).unsqueeze(-1)
+        ctx.f = f
+        ctx.save_for_backward(out, lengths)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, lengths = ctx.saved_tensors
+        grad_weights = grad * lengths.pow(-ctx.f).unsqueeze(-1) if ctx.needs_input_grad[0] else None
+        grad_lengths = (grad * out).sum(-1) * (-ctx.f / lengths) if ctx.needs_input_grad[1] else None
+        return grad_weights, grad_lengths, None
+
+
 class Wigner6jConvolution(Convolution):
     """The factorised (Wigner 6j) form of :class:`~e2former_calc.conv.base.Convolution`.
 
@@ -170,7 +191,7 @@ class Wigner6jConvolution(Convolution):
         p = torch.bmm(x.index_select(0, plan.source_atoms), coupling)  # [U, C, K]
 
         s_target = solid_harmonics(self.max_lam, target_coords.to(dtype))  # [N, (fmax+1)^2]
-        inverse_length = graph.lengths.to(dtype).reciprocal()  # [E]
+        lengths = graph.lengths.to(dtype)  # [E]
         outputs = []
         for f_index, f in enumerate(self.filter_degrees):
             columns = getattr(self, f"component_index_{f_index}")
@@ -179,7 +200,7 @@ class Wigner6jConvolution(Convolution):
             # stage 2: scalar-weighted sum over edges, w' = w / |r|^f
             weights = edge_weights[:, f_index, :]  # [E, C]
             if f:  # (no multiplication by 1 for f = 0: the backward pass would keep a copy of w)
-                weights = weights * inverse_length.pow(f).unsqueeze(-1)
+                weights = _DivideByLengthPower.apply(weights, lengths, f)
             q = plan.aggregation(p_f, weights)  # [N, C, K_f]
             # stage 3: target tensor products
             coupling = (s_target[:, : (f + 1) ** 2] @ target.flatten(1)).view(n_nodes, *target.shape[1:])

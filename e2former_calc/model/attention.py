@@ -94,14 +94,15 @@ class EquivariantAttention(nn.Module):
         parts = [z[:, :, 0]] + [z[:, :, s].pow(2).mean(-1) for s in self.slices[1:]]
         return torch.cat(parts, dim=-1)
 
-    def forward(self, h, graph: ConvGraph, plan: ConvPlan, basis, species_i, species_j, envelope):
+    def forward(self, h, graph: ConvGraph, plan: ConvPlan, edges):
+        """``edges``: the graph's :class:`~e2former_calc.model.radial.EdgeInputs`."""
         n_edges, c = graph.n_edges, h.shape[1]
         invariants = self.invariants(h)
         q = self.queries(invariants).view(-1, self.num_heads, self.head_dim)
         k = self.keys(invariants).view(-1, self.num_heads, self.head_dim)
-        radial = self.radial(basis, species_i, species_j)  # [E, H + n_f C]
+        radial = self.radial(edges)  # [E, H + n_f C]
         logits = edge_dot(q, k, graph.receivers, graph.senders) / math.sqrt(self.head_dim) + radial[:, : self.num_heads]
-        alpha = smooth_softmax(logits, envelope, graph.receivers, graph.n_nodes)  # [E, H]
+        alpha = smooth_softmax(logits, edges.envelope, graph.receivers, graph.n_nodes)  # [E, H]
         # w[e, f, c] = alpha[e, head(c)] phi[e, f, c], broadcast over the channels of each head
         # (the backward pass keeps alpha [E, H], not an [E, C] copy of it)
         n_f, heads = len(self.convolution.filter_degrees), self.num_heads

@@ -15,7 +15,7 @@ from ..so3 import spherical_harmonics
 from .attention import EquivariantAttention
 from .config import E2FormerConfig
 from .layers import EquivariantRMSNorm, GatedFeedForward
-from .radial import BesselBasis, RadialNetwork, polynomial_envelope
+from .radial import BesselBasis, EdgeInputs, RadialNetwork, polynomial_envelope
 from .repulsion import ZBLRepulsion
 from .stages import LayerStages
 
@@ -38,11 +38,12 @@ class EdgeDegreeEmbedding(nn.Module):
             config.radial_basis, config.species_features, config.radial_hidden, (config.max_degree + 1) * config.channels
         )
 
-    def forward(self, species, graph: ConvGraph, basis, species_i, species_j, envelope, edge_sum: EdgeSum | None = None):
-        """``edge_sum``: the graph's :class:`~e2former_calc.conv.aggregation.EdgeSum` over its
-        receivers with ``C`` channels (made on the spot when None; it is cheap, ``O(E)``)."""
-        dtype = basis.dtype
-        phi = self.radial(basis, species_i, species_j).view(graph.n_edges, self.max_degree + 1, self.channels)
+    def forward(self, species, graph: ConvGraph, edges: EdgeInputs, edge_sum: EdgeSum | None = None):
+        """``edges``: the graph's :class:`~e2former_calc.model.radial.EdgeInputs`; ``edge_sum``: its
+        :class:`~e2former_calc.conv.aggregation.EdgeSum` over the receivers with ``C`` channels
+        (made on the spot when None; it is cheap, ``O(E)``)."""
+        dtype, envelope = edges.basis.dtype, edges.envelope
+        phi = self.radial(edges).view(graph.n_edges, self.max_degree + 1, self.channels)
         vectors = graph.vectors.to(dtype)
         if edge_sum is None:
             edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)
@@ -64,10 +65,10 @@ class TransformerBlock(nn.Module):
         self.feedforward_norm = EquivariantRMSNorm(config.max_degree, config.channels)
         self.feedforward = GatedFeedForward(config.max_degree, config.channels, config.feedforward_channels)
 
-    def forward(self, h, graph, plan, basis, species_i, species_j, envelope, keep: int | None = None):
+    def forward(self, h, graph, plan, edges: EdgeInputs, keep: int | None = None):
         """``[N, C, D] -> [N, C, D]``, or ``[keep, C, D]``: only the first ``keep`` nodes' output
         (the attention still reads all ``N``)."""
-        h = h + self.attention(self.attention_norm(h), graph, plan, basis, species_i, species_j, envelope)
+        h = h + self.attention(self.attention_norm(h), graph, plan, edges)
         if keep is not None:
             h = h[:keep]
         return h + self.feedforward(self.feedforward_norm(h))
@@ -102,6 +103,11 @@ class E2Former(nn.Module):
         exchange: a function ``[N, C, D] -> [N, C, D]`` applied to the features before each
             block (a halo exchange: an engine that splits the atoms over processes refreshes its
             ghost atoms' rows from their owners; it must be differentiable).
+        first_derivatives_only: the caller takes first derivatives with respect to the
+            geometry and nothing beyond (forces, stress, ``dE/dr_ij``): radial networks with
+            frozen weights then keep ``dphi/dr`` ``[E, out]`` for the backward pass instead of
+            their hidden activations (:class:`~e2former_calc.model.radial.RadialNetwork`); a
+            second derivative raises an error. The same numbers to rounding.
 
     ``recompute_blocks`` (default False; :func:`~e2former_calc.model.recompute.set_recompute`
     sets it): with frozen weights, the embedding and every block keep only their inputs for the
@@ -155,30 +161,36 @@ class E2Former(nn.Module):
         return self.blocks[0].attention.convolution.plan(graph, self.dtype, self.config.cutoff)
 
     def forward(self, species: torch.Tensor, graph: ConvGraph, plan: ConvPlan | None = None,
-                stages: LayerStages | None = None, exchange=None) -> torch.Tensor:
+                stages: LayerStages | None = None, exchange=None, first_derivatives_only: bool = False) -> torch.Tensor:
         dtype = self.dtype
         lengths = graph.lengths.to(dtype)
-        basis = self.basis(lengths)
+        if (first_derivatives_only and lengths.requires_grad and torch.is_grad_enabled()
+                and not any(p.requires_grad for p in self.parameters())):
+            # the radial networks carry d/dr forward and keep only that (see RadialNetwork)
+            with torch.no_grad():
+                basis, basis_slope = self.basis.value_and_slope(lengths)
+        else:
+            basis, basis_slope = self.basis(lengths), None
         envelope = polynomial_envelope(lengths, self.config.cutoff, self.config.envelope_exponent)
         features = self.species_features(species)
-        edge_inputs = (basis, features[graph.receivers], features[graph.senders], envelope)
+        edges = EdgeInputs(lengths, basis, basis_slope, features[graph.receivers], features[graph.senders], envelope)
         stage = self._stage_runner(lengths)
         if stages is None:
             if plan is None:
                 plan = self.plan(graph)
-            h = stage(self.embedding, species, graph, *edge_inputs)
+            h = stage(self.embedding, species, graph, edges)
             for block in self.blocks:
                 if exchange is not None:
                     h = exchange(h)
-                h = stage(block, h, graph, plan, *edge_inputs)
+                h = stage(block, h, graph, plan, edges)
         else:
             graphs = stages.graphs(graph)
-            inputs = [[t.index_select(0, e) for t in edge_inputs] for e in stages.edges]
-            h = stage(self.embedding, species, graphs[0], *inputs[0])[: stages.nodes[0]]
+            inputs = [edges.select(e) for e in stages.edges]
+            h = stage(self.embedding, species, graphs[0], inputs[0])[: stages.nodes[0]]
             for k, block in enumerate(self.blocks, start=1):
                 if exchange is not None:
                     h = exchange(h)
-                h = stage(functools.partial(block, keep=stages.nodes[k]), h, graphs[k], stages.plans[k - 1], *inputs[k])
+                h = stage(functools.partial(block, keep=stages.nodes[k]), h, graphs[k], stages.plans[k - 1], inputs[k])
         n_out = h.shape[0]
         readout = self.readout(self.readout_norm(h)[:, :, 0]).squeeze(-1)  # [N]
         relative = readout.double() - self.isolated_atom_readout().double().index_select(0, species[:n_out])

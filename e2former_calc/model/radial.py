@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
 def polynomial_envelope(r: torch.Tensor, cutoff: float, p: int) -> torch.Tensor:
@@ -29,17 +29,50 @@ class BesselBasis(nn.Module):
         r = r.unsqueeze(-1)
         return math.sqrt(2 / self.cutoff) * torch.sin(self.frequencies.to(r.dtype) * r) / r
 
+    def value_and_slope(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``b_n(r)`` and ``db_n/dr = sqrt(2/cutoff) w_n cos(w_n r) / r - b_n(r) / r``, both
+        ``[E, num]`` (``w_n = n pi / cutoff``)."""
+        r = r.unsqueeze(-1)
+        phase = self.frequencies.to(r.dtype) * r
+        inverse = r.reciprocal()
+        value = math.sqrt(2 / self.cutoff) * torch.sin(phase) * inverse
+        slope = (math.sqrt(2 / self.cutoff) * self.frequencies.to(r.dtype) * torch.cos(phase) - value) * inverse
+        return value, slope
+
+
+class EdgeInputs(NamedTuple):
+    """The per-edge inputs that the embedding and every block share, ``E`` edges.
+
+    ``lengths [E]``: ``|r_ij|`` in the network's dtype; ``basis [E, B]``: its Bessel basis;
+    ``basis_slope [E, B]``: ``d basis / d r``, given (and ``basis`` then detached) only where the
+    caller takes nothing beyond first derivatives with frozen weights (see
+    :class:`RadialNetwork`), else None; ``species_i``, ``species_j`` ``[E, S]``: the species
+    features of the receiver and the sender; ``envelope [E]``: the cutoff envelope ``u(r)``.
+    """
+
+    lengths: torch.Tensor
+    basis: torch.Tensor
+    basis_slope: torch.Tensor | None
+    species_i: torch.Tensor
+    species_j: torch.Tensor
+    envelope: torch.Tensor
+
+    def select(self, edges: torch.Tensor) -> "EdgeInputs":
+        """The inputs of the edges ``edges`` (indices), in that order."""
+        return EdgeInputs(*(None if t is None else t.index_select(0, edges) for t in self))
+
 
 class RadialNetwork(nn.Module):
     """MLP of (Bessel basis of ``|r_ij|``, species features of ``Z_i`` and ``Z_j``): ``[E, out]``.
 
-    ``recompute``: whether a backward pass with frozen weights (inference: forces and stress)
-    recomputes the two hidden ``[E, hidden]`` activations, the largest per-edge tensors of a
-    forward pass, from the inputs instead of keeping them
-    (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant: derivatives of any order stay
-    exact). ``"auto"`` (default): on a GPU, where memory bounds the system size and the MLP is
-    cheap; not on the CPU, where it costs time. ``True``/``False`` force it. With trainable
-    weights the activations are always kept: the parameter gradients need them anyway.
+    First derivatives only (the edge inputs carry ``basis_slope``, the weights are frozen): the
+    network's output ``phi(r)`` and its derivative ``dphi/dr`` are computed together in the
+    forward pass (forward-mode: the tangent ``dz/dr`` is carried through each layer,
+    ``silu'(z) = s (1 + z (1 - s))``, ``s = sigmoid(z)``), and the backward pass keeps only
+    ``dphi/dr`` ``[E, out]``: ``dL/dr = sum_k dL/dphi_k dphi_k/dr``. The hidden ``[E, hidden]``
+    activations and the basis are not kept. Exact to rounding; a second derivative through this
+    path raises an error (the caller asked for first derivatives only). Otherwise (training,
+    second derivatives) it is an ordinary module.
     """
 
     def __init__(self, num_basis: int, species_features: int, hidden: int, out: int):
@@ -51,18 +84,60 @@ class RadialNetwork(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden, out),
         )
-        self.recompute: bool | str = "auto"
 
-    def forward(self, basis: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> torch.Tensor:
-        if self._recomputes(basis):
-            # the saved inputs are the model's shared per-edge inputs, kept once for all its networks
-            return checkpoint(self._net, basis, species_i, species_j, use_reentrant=False, preserve_rng_state=False)
-        return self._net(basis, species_i, species_j)
-
-    def _recomputes(self, basis: torch.Tensor) -> bool:
-        if not (torch.is_grad_enabled() and basis.requires_grad) or self.net[0].weight.requires_grad:
-            return False
-        return basis.is_cuda if self.recompute == "auto" else bool(self.recompute)
-
-    def _net(self, basis, species_i, species_j):
+    def forward(self, edges: EdgeInputs) -> torch.Tensor:
+        """``[E, out]`` from the edges' :class:`EdgeInputs`."""
+        basis, species_i, species_j = edges.basis, edges.species_i, edges.species_j
+        if edges.basis_slope is not None:
+            inputs = torch.cat([basis, species_i, species_j], dim=-1)
+            if inputs.requires_grad or any(p.requires_grad for p in self.parameters()):
+                raise ValueError("basis_slope is for frozen weights and species features and a detached basis: "
+                                 "only the lengths may carry gradients")
+            return _RadialWithSlope.apply(edges.lengths, inputs, edges.basis_slope, self.net)
         return self.net(torch.cat([basis, species_i, species_j], dim=-1))
+
+
+def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MLP ``Linear, SiLU, ..., Linear`` and its derivative along one direction of its input:
+    ``net(x)`` and ``J(x) t`` for ``inputs x [E, in]`` and ``slope t [E, k]``, the direction's
+    first ``k`` components (the rest are zero). Both ``[E, out]``."""
+    first = net[0]
+    value = first(inputs)
+    tangent = slope @ first.weight[:, : slope.shape[1]].T
+    for layer in net[1:]:
+        if isinstance(layer, nn.SiLU):  # in place: no [E, hidden] temporary beyond two
+            s = torch.sigmoid(value)
+            slope_of_silu = torch.sub(1, s).mul_(value).add_(1).mul_(s)
+            tangent.mul_(slope_of_silu)
+            del slope_of_silu
+            value.mul_(s)
+            del s
+        elif isinstance(layer, nn.Linear):
+            value = layer(value)
+            tangent = tangent @ layer.weight.T
+        else:
+            raise TypeError(f"value_and_slope handles Linear and SiLU layers, not {type(layer).__name__}")
+    return value, tangent
+
+
+class _RadialWithSlope(torch.autograd.Function):
+    """``phi(r)`` of a frozen MLP whose backward pass keeps ``dphi/dr`` ``[E, out]`` only.
+
+    Inputs: ``lengths [E]`` (the only differentiable input), the MLP's input ``[E, in]`` (its first
+    ``B`` columns are the basis of ``lengths``), ``basis_slope [E, B]``, the MLP.
+    """
+
+    @staticmethod
+    def forward(ctx, lengths, inputs, basis_slope, net):
+        value, slope = value_and_slope(net, inputs, basis_slope)
+        ctx.save_for_backward(slope)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("a second derivative through a radial network evaluated for first derivatives "
+                               "only: evaluate the model without first_derivatives_only (ForceField does so "
+                               "with create_graph=True)")
+        (slope,) = ctx.saved_tensors
+        return (grad * slope).sum(-1), None, None, None

@@ -6,14 +6,12 @@ relaxation, LAMMPS, torch-sim) parts of the forward pass can instead be re-run d
 backward pass from their inputs (non-reentrant :func:`torch.utils.checkpoint.checkpoint`, so
 derivatives of every order stay exact: the numbers are those of keeping, to rounding):
 
-* ``True``: the radial networks' two hidden ``[E, hidden]`` activations
-  (:class:`~e2former_calc.model.radial.RadialNetwork`);
 * ``"blocks"``: every stage that reads edges -- the edge-degree embedding and each transformer
   block -- keeps only its input features ``[N, C, D]``; its per-edge activations exist for one
   stage at a time, while that stage's backward pass runs. Costs about one more forward pass;
-* ``False``: keep everything (fastest);
-* ``"auto"``: ``True`` on CUDA tensors (memory bounds the system size there and the radial
-  networks are cheap to redo), ``False`` on the CPU.
+* ``False`` or ``"auto"`` (the default): keep everything (fastest). The radial networks keep
+  only ``dphi/dr`` ``[E, out]`` anyway where first derivatives are all that is taken
+  (:class:`~e2former_calc.model.radial.RadialNetwork`).
 
 With trainable weights nothing is recomputed: the parameter gradients need the activations
 anyway.
@@ -24,17 +22,14 @@ from __future__ import annotations
 from torch import nn
 
 from .e2former import E2Former
-from .radial import RadialNetwork
 
 
 def set_recompute(module: nn.Module, mode) -> None:
-    """Set what the backward passes of every E2Former and radial network in ``module`` recompute:
-    ``"auto"``, True, False or ``"blocks"``."""
-    if not (isinstance(mode, bool) or mode in ("auto", "blocks")):
-        raise ValueError(f"recompute must be 'auto', True, False or 'blocks', got {mode!r}")
+    """Set what the backward passes of every E2Former in ``module`` recompute: ``"auto"``,
+    False or ``"blocks"``."""
+    if not (mode is False or mode in ("auto", "blocks")):
+        raise ValueError(f"recompute must be 'auto', False or 'blocks', got {mode!r} (True, which "
+                         f"recomputed the radial networks' activations, is gone: forces no longer keep them)")
     for m in module.modules():
-        if isinstance(m, RadialNetwork):
-            # inside a recomputed block the block's own recomputation frees them already
-            m.recompute = False if mode == "blocks" else mode
-        elif isinstance(m, E2Former):
+        if isinstance(m, E2Former):
             m.recompute_blocks = mode == "blocks"

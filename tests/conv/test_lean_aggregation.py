@@ -188,8 +188,8 @@ def test_edge_degree_embedding_equals_the_explicit_messages():
     graph = periodic_graph(positions.numpy(), torch.eye(3).numpy() * 8.0, cutoff=4.0)
     species = torch.arange(30) % 2
 
-    def explicit(graph, basis, species_i, species_j, envelope):
-        phi = embedding.radial(basis, species_i, species_j).view(graph.n_edges, 3, config.channels) * envelope[:, None, None]
+    def explicit(graph, edges):
+        phi = embedding.radial(edges).view(graph.n_edges, 3, config.channels) * edges.envelope[:, None, None]
         blocks = [phi[:, l, :, None] * spherical_harmonics(l, graph.vectors)[:, None, :] for l in range(3)]
         messages = torch.cat(blocks, dim=-1)
         h = messages.new_zeros(graph.n_nodes, *messages.shape[1:]).index_add(0, graph.receivers, messages)
@@ -202,11 +202,11 @@ def test_edge_degree_embedding_equals_the_explicit_messages():
         g = type(graph).build(pos, graph.receivers, graph.senders, graph.shifts, graph.images)
         lengths = g.lengths
         basis = model.basis(lengths)
-        from e2former_calc.model.radial import polynomial_envelope
+        from e2former_calc.model.radial import EdgeInputs, polynomial_envelope
 
         envelope = polynomial_envelope(lengths, config.cutoff, config.envelope_exponent)
         features = model.species_features(species)
-        h = form(g, basis, features[g.receivers], features[g.senders], envelope)
+        h = form(g, EdgeInputs(lengths, basis, None, features[g.receivers], features[g.senders], envelope))
         energy = (h * h.detach().cos()).sum()
         (forces,) = torch.autograd.grad(energy, pos, create_graph=True)
         weight = embedding.radial.net[0].weight

@@ -1,0 +1,141 @@
+"""Forces and stress through radial networks that carry dphi/dr forward (ForceField without
+create_graph): the numbers of plain autograd, less kept for the backward pass, no silent
+second derivative."""
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from e2former_calc.forces import ForceField
+from e2former_calc.graph import AtomGraph
+from e2former_calc.model import E2Former, E2FormerConfig
+from e2former_calc.model.radial import BesselBasis, value_and_slope
+from e2former_calc.neighbours import neighbour_list
+
+
+def _field_and_graph(dtype=torch.float64):
+    """A frozen untrained two-species model (hidden width 40: no other per-edge tensor has it)
+    and a rattled periodic 32-atom cell with both species."""
+    torch.manual_seed(0)
+    config = E2FormerConfig(cutoff=4.0, radial_hidden=40, zbl=True)
+    model = E2Former(config, atomic_numbers=(29, 8))
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.numbers[::5] = 8
+    atoms.rattle(0.1, seed=1)
+    neighbours = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, config.cutoff)
+    graph = AtomGraph.from_arrays([model.species_indices(atoms.numbers)], [atoms.positions], [atoms.cell.array],
+                                  [atoms.pbc], [neighbours], torch.device("cpu"))
+    return ForceField.frozen(model, "cpu", dtype), graph
+
+
+def test_the_bessel_basis_slope_is_its_derivative():
+    basis = BesselBasis(5.0, 8).double()
+    r = torch.linspace(0.5, 4.9, 50, dtype=torch.float64)
+    value, slope = basis.value_and_slope(r)
+    torch.testing.assert_close(value, basis(r), rtol=1e-14, atol=1e-14)
+    jacobian = torch.autograd.functional.jacobian(basis, r)  # [50, 8, 50]: b_n(r_e) by r_e'
+    torch.testing.assert_close(slope, torch.einsum("ene->en", jacobian), rtol=1e-12, atol=1e-12)
+
+
+def test_an_mlp_slope_is_its_directional_derivative():
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 16), torch.nn.SiLU(), torch.nn.Linear(16, 16), torch.nn.SiLU(),
+                              torch.nn.Linear(16, 5)).double()
+    x = torch.randn(11, 7, dtype=torch.float64)
+    direction = torch.randn(11, 3, dtype=torch.float64)
+    with torch.no_grad():
+        value, slope = value_and_slope(net, x, direction)
+    full = torch.cat([direction, torch.zeros(11, 4, dtype=torch.float64)], dim=-1)
+    expected_value, expected_slope = torch.func.jvp(net, (x,), (full,))
+    torch.testing.assert_close(value, expected_value, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(slope, expected_slope, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="Linear and SiLU"):
+        value_and_slope(torch.nn.Sequential(torch.nn.Linear(7, 3), torch.nn.Tanh()).double(), x, direction)
+
+
+@pytest.mark.parametrize("stress", [False, True])
+def test_forces_and_stress_are_those_of_plain_autograd(stress):
+    field, graph = _field_and_graph()
+    first_order = field(graph, forces=True, stress=stress)  # radial networks carry dphi/dr
+    plain = field(graph, forces=True, stress=stress, create_graph=True)  # the ordinary graph
+    for key in ("energy", "atom_energies", "forces") + (("stress", "virial") if stress else ()):
+        torch.testing.assert_close(first_order[key], plain[key].detach(), rtol=1e-12, atol=1e-12, msg=key)
+    assert first_order["forces"].abs().max() > 1e-3  # not a trivial comparison
+
+
+def test_pair_gradients_are_those_of_plain_autograd():
+    """The LAMMPS path: ``dE/dr_ij`` from pair vectors, with and without layer stages."""
+    from e2former_calc.conv import SpanningForest
+
+    field, graph = _field_and_graph()
+    conv = graph.conv_graph()
+    vectors = conv.vectors.detach()
+    forest = SpanningForest.build(conv.receivers, conv.senders, conv.n_nodes, vectors)
+    first_order = field.pair_forward(graph.species, forest, vectors)
+    plain = field.pair_forward(graph.species, forest, vectors, create_graph=True)
+    torch.testing.assert_close(first_order["pair_gradients"], plain["pair_gradients"].detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(first_order["energy"], plain["energy"].detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_the_backward_pass_keeps_no_hidden_radial_activation():
+    field, graph = _field_and_graph(torch.float32)
+    config = field.model.config
+    n_edges = graph.conv_graph().n_edges
+
+    def hidden_shaped(first_derivatives_only):
+        shapes = []
+
+        def pack(t):
+            shapes.append(tuple(t.shape))
+            return t
+
+        positions = graph.positions.detach().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            field.model(graph.species, graph.with_geometry(positions).conv_graph(),
+                        first_derivatives_only=first_derivatives_only)
+        return [s for s in shapes if s == (n_edges, config.radial_hidden)]
+
+    assert len(hidden_shaped(False)) == 2 * (1 + config.num_layers)  # two SiLU inputs per network
+    assert hidden_shaped(True) == []
+
+
+def test_a_second_derivative_through_the_first_order_path_raises():
+    field, graph = _field_and_graph()
+    positions = graph.positions.detach().requires_grad_(True)
+    energy = field.model(graph.species, graph.with_geometry(positions).conv_graph(), first_derivatives_only=True).sum()
+    with pytest.raises(RuntimeError, match="second derivative through a radial network"):
+        torch.autograd.grad(energy, positions, create_graph=True)
+
+
+def test_trainable_weights_take_the_ordinary_path():
+    """With trainable weights the flag changes nothing: parameter gradients stay exact."""
+    field, graph = _field_and_graph()
+    field.requires_grad_(True)
+    gradients = []
+    for flag in (False, True):
+        positions = graph.positions.detach().requires_grad_(True)
+        energy = field.model(graph.species, graph.with_geometry(positions).conv_graph(), first_derivatives_only=flag).sum()
+        weight = field.model.embedding.radial.net[0].weight
+        gradients.append(torch.autograd.grad(energy, [positions, weight]))
+    for a, b in zip(*gradients):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert gradients[0][1].abs().max() > 0
+
+
+def test_a_molecule_through_the_calculator_matches_finite_differences():
+    """End to end (the calculator's default path): forces are minus the energy's slope."""
+    from e2former_calc import E2FormerCalculator
+
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = E2FormerCalculator.from_config("small", species=("H", "C", "O"), dtype="float64", quiet=True)
+    forces = atoms.get_forces()
+    step = 1e-5
+    for atom, axis in ((0, 0), (3, 2), (8, 1)):
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.calc = atoms.calc
+            moved.positions[atom, axis] += sign * step
+            energies.append(moved.get_potential_energy())
+        np.testing.assert_allclose(forces[atom, axis], -(energies[0] - energies[1]) / (2 * step), rtol=1e-6, atol=1e-8)
