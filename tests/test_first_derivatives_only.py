@@ -15,10 +15,11 @@ from e2former_calc.neighbours import neighbour_list
 
 
 def _field_and_graph(dtype=torch.float64):
-    """A frozen untrained two-species model (hidden width 40: no other per-edge tensor has it)
-    and a rattled periodic 32-atom cell with both species."""
+    """A frozen untrained two-species model (hidden width 40: no other per-edge tensor has it;
+    no ZBL term, so that the forces are the network's) and a rattled periodic 32-atom cell with
+    both species."""
     torch.manual_seed(0)
-    config = E2FormerConfig(cutoff=4.0, radial_hidden=40, zbl=True)
+    config = E2FormerConfig(cutoff=4.0, radial_hidden=40, zbl=False)
     model = E2Former(config, atomic_numbers=(29, 8))
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     atoms.numbers[::5] = 8
@@ -72,10 +73,16 @@ def test_pair_gradients_are_those_of_plain_autograd():
     conv = graph.conv_graph()
     vectors = conv.vectors.detach()
     forest = SpanningForest.build(conv.receivers, conv.senders, conv.n_nodes, vectors)
-    first_order = field.pair_forward(graph.species, forest, vectors)
-    plain = field.pair_forward(graph.species, forest, vectors, create_graph=True)
-    torch.testing.assert_close(first_order["pair_gradients"], plain["pair_gradients"].detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(first_order["energy"], plain["energy"].detach(), rtol=1e-12, atol=1e-12)
+    hops = torch.zeros(conv.n_nodes, dtype=torch.int64).numpy()
+    hops[conv.n_nodes // 2:] = 1  # the energies of the first half, the rest one hop out
+    stages = field.pair_stages(forest, vectors, hops)
+    for options in ({}, {"stages": stages}):
+        first_order = field.pair_forward(graph.species, forest, vectors, **options)
+        plain = field.pair_forward(graph.species, forest, vectors, create_graph=True, **options)
+        torch.testing.assert_close(first_order["pair_gradients"], plain["pair_gradients"].detach(), rtol=1e-12,
+                                   atol=1e-12)
+        torch.testing.assert_close(first_order["energy"], plain["energy"].detach(), rtol=1e-12, atol=1e-12)
+        assert first_order["pair_gradients"].abs().max() > 1e-3
 
 
 def test_the_backward_pass_keeps_no_hidden_radial_activation():

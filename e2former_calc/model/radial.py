@@ -100,8 +100,11 @@ class RadialNetwork(nn.Module):
 def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """An MLP ``Linear, SiLU, ..., Linear`` and its derivative along one direction of its input:
     ``net(x)`` and ``J(x) t`` for ``inputs x [E, in]`` and ``slope t [E, k]``, the direction's
-    first ``k`` components (the rest are zero). Both ``[E, out]``."""
+    first ``k`` components (the rest are zero). Both ``[E, out]``. For use without gradients
+    (inside :class:`_RadialWithSlope`): it works in place."""
     first = net[0]
+    if not isinstance(first, nn.Linear):
+        raise TypeError(f"value_and_slope needs a Linear first layer, not {type(first).__name__}")
     value = first(inputs)
     tangent = slope @ first.weight[:, : slope.shape[1]].T
     for layer in net[1:]:

@@ -199,7 +199,9 @@ def test_second_derivatives_match_the_reference():
         x, w = _inputs(conv, g)
         x.requires_grad_(True)
         w.requires_grad_(True)
-        energy = conv(x, g, w).pow(2).sum()
+        # edge weights that depend on the lengths too, as the model's radial weights do
+        weights = w * torch.cos(g.lengths)[:, None, None]
+        energy = conv(x, g, weights).pow(2).sum()
         (forces,) = torch.autograd.grad(energy, positions, create_graph=True)
         return torch.autograd.grad(forces.pow(2).sum(), (x, w, positions))
 
