@@ -9,7 +9,7 @@ and the run stops adding sizes once its budget is spent):
    factors of about 2 to 1,000,188 atoms (63^3 cubic cells) or the largest that fits; per size
    the time per atom, atom·steps/s and peak GPU memory per atom (``max_memory_allocated``); an
    out-of-memory error ends that dtype's series and is recorded; then float32 with
-   ``recompute="blocks"`` at the largest sizes the default reached (a quarter to a third less
+   ``recompute="blocks"`` at the largest sizes the default reached (about a fifth less
    memory per atom);
 3. the neighbour search: the torch cell list on the GPU against matscipy on the CPU, by size;
 4. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
