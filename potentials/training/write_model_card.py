@@ -56,8 +56,8 @@ CARDS = {
             "the test trajectories here), its fine-tuning on this data set (`e2former-xtb-organic-finetune1.pt`, "
             "shipped 2026-12-02 to 12-03; that run began as a 9-minute trial and was resumed with its configuration "
             "file's values after 5 epochs, so a fresh run of that file does not reproduce it bit for bit), a second "
-            "fine-tuning (`e2former-xtb-organic-finetune2.pt`, shipped earlier on 2026-12-03) and this file, a third, "
-            "each in float32 with the learning rate restarted at 1e-3.",
+            "fine-tuning (`e2former-xtb-organic-finetune2.pt`, shipped earlier on 2026-12-03) and this file, a third; "
+            "the second and the third in float32 with the learning rate restarted at 1e-3.",
         ],
     },
     "e2former-emt-cu": {
