@@ -12,9 +12,17 @@ float32. Edge vectors and local coordinates are computed inside the timed region
 structure made once per neighbour list (block assignment, sparse pattern of the edge stage) is
 not, like the neighbour list itself: it is timed on its own (``topology_seconds``).
 
+Memory comes from glibc's ``malloc`` as the package's own runners set it (``--allocator package``,
+the default: :func:`e2former_calc.allocator.keep_freed_memory`, freed blocks reused instead of
+fresh pages mapped at every call, as the ASE calculator, ``Predictor``, torch-sim and the
+``e2former`` command do); ``--allocator system`` leaves glibc's defaults (every large tensor a
+new mapping, its pages zero-filled by the kernel). Both forms run under the same policy; the
+table's first line says which.
+
     python benchmarks/conv_speed.py --quick            # L_max 2, f 2, C 128, K 20 and 80
     python benchmarks/conv_speed.py                    # the full sweep
     python benchmarks/conv_speed.py --device cuda      # on a GPU
+    python benchmarks/conv_speed.py --quick --allocator system   # glibc's default malloc
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from common import (  # noqa: E402
     periodic_edges,
 )
 
+from e2former_calc.allocator import keep_freed_memory  # noqa: E402
 from e2former_calc.conv import (  # noqa: E402
     ConvGraph,
     EdgeUVWConvolution,
@@ -212,6 +221,8 @@ def main(argv=None):
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
     parser.add_argument("--table", type=Path, help="write a Markdown table here")
     parser.add_argument("--replot", type=Path, help="only redraw the plot of an existing JSON file")
+    parser.add_argument("--allocator", choices=("package", "system"), default="package",
+                        help="glibc malloc as the package's runners set it (default) or glibc's defaults")
     args = parser.parse_args(argv)
     if args.replot:
         records = json.loads(args.replot.read_text())
@@ -229,16 +240,21 @@ def main(argv=None):
     plot_path = args.plot or RESULTS / f"{tag}.png"
     table_path = args.table or RESULTS / f"{tag}.md"
     machine = machine_description(args.device)
-    print(f"machine: {machine}", flush=True)
+    if args.allocator == "package" and args.device == "cpu" and not keep_freed_memory():
+        raise SystemExit("--allocator package: glibc's thresholds could not be set (not glibc, or "
+                         "MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ set); use --allocator system")
+    print(f"machine: {machine}, allocator: {args.allocator}", flush=True)
 
     records, started = [], time.time()
     for n, (k, lmax, f, c) in enumerate(sweep, 1):
-        records += run_config(k, lmax, f, c, args.atoms, args.repeats, args.device, args.block_side,
-                              lambda line: print(f"[{n}/{len(sweep)} {time.time() - started:6.0f}s] {line}", flush=True))
+        new = run_config(k, lmax, f, c, args.atoms, args.repeats, args.device, args.block_side,
+                         lambda line: print(f"[{n}/{len(sweep)} {time.time() - started:6.0f}s] {line}", flush=True))
+        records += [{**record, "allocator": args.allocator} for record in new]
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(records, indent=1))  # after every config: a stopped run keeps its numbers
 
-    title = f"{machine['cpu']} ({machine['threads']} threads), {args.device}, float32, {records[0]['n_atoms']} atoms"
+    title = (f"{machine['cpu']} ({machine['threads']} threads), {args.device}, float32, {records[0]['n_atoms']} atoms"
+             + (f", allocator: {args.allocator}" if args.device == "cpu" else ""))
     table_path.write_text(f"Machine: {title}; torch {machine['torch']}.\n\n{markdown_table(records)}\n")
     plot(records, plot_path, title)
     print(f"wrote {json_path}, {table_path}, {plot_path}")
