@@ -23,7 +23,8 @@ columns of the table see the same machine load. ``--env KEY=VALUE`` sets a varia
 run, ``--compare-env KEY=VALUE`` only for the comparison runs (with this tree when no
 ``--compare-tree`` is given), e.g. glibc's ``MALLOC_MMAP_THRESHOLD_``, or ``SCALING_RECOMPUTE=blocks``
 (or ``false``; ``true`` for trees that still had it; read by this script: the calculator's
-``recompute``; default ``auto``).
+``recompute``; default ``auto``) or ``SCALING_PRUNE=false`` (the calculator's ``prune``; ``true``,
+``false`` or ``auto``; unset: the calculator's default).
 
     python benchmarks/scaling.py                                   # 108 .. 10,976 atoms, float32 and float64
     python benchmarks/scaling.py --sizes 6 10 14 --compare-tree /tmp/before --dtypes float32
@@ -59,6 +60,8 @@ def _calculator(args, skin):
     # SCALING_RECOMPUTE=true|false|auto|blocks (an --env / --compare-env value): the calculator's recompute
     requested = os.environ.get("SCALING_RECOMPUTE", "auto")
     options = {"recompute": {"true": True, "false": False}.get(requested, requested)}
+    if "SCALING_PRUNE" in os.environ:  # the calculator's prune (trees that have it): auto, true or false
+        options["prune"] = {"true": True, "false": False}.get(os.environ["SCALING_PRUNE"], os.environ["SCALING_PRUNE"])
     if args.preset:
         return E2FormerCalculator.from_config(args.preset, species=("Cu",), device="cpu", dtype=args.dtype, skin=skin,
                                               quiet=True, **options)

@@ -24,6 +24,7 @@ forest, so the network runs exactly as on positions.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -156,3 +157,47 @@ class ForceField(nn.Module):
         with torch.no_grad():
             graph = ConvGraph.from_edge_vectors(edge_vectors.detach().to(torch.float64), forest)
             return LayerStages.build(self.model, graph, hops)
+
+
+class StepGraphs:
+    """The graph and convolution plan of each call of an engine that keeps Verlet lists.
+
+    A Verlet list holds every pair within ``cutoff + skin`` and is reused while no other pair can
+    have come within ``cutoff``. Two ways to evaluate on it:
+
+    - ``prune=False``: the network runs on every pair of the list (those beyond the cutoff
+      contribute exactly nothing) and the plan is built once per list;
+    - ``prune=True``: at each call the pairs within ``cutoff`` at the current geometry are kept
+      (:meth:`~e2former_calc.graph.AtomGraph.within`) and a plan is built for them. On the CPU
+      the network costs far more per pair than the plan: with a 0.3 Å skin about a sixth of the
+      pairs are dropped (``docs/model.md``, "Memory and scaling").
+
+    Both give the same energies, forces and stress to rounding. ``"auto"``: prune on the CPU.
+    """
+
+    def __init__(self, forcefield: ForceField, prune="auto"):
+        if prune not in ("auto", True, False):
+            raise ValueError(f"prune must be 'auto', True or False, got {prune!r}")
+        self.forcefield = forcefield
+        self.prune = prune
+        self._kept = None  # (the Verlet list's AtomGraph, its ConvPlan or None when pruning)
+
+    def reset(self) -> None:
+        """Forget the kept graph (the lists are new)."""
+        self._kept = None
+
+    def __call__(self, rebuilt: bool, build: Callable[[], AtomGraph], positions: torch.Tensor,
+                 cells: torch.Tensor) -> tuple[AtomGraph, ConvPlan | None]:
+        """``(graph, plan)`` for this call. ``rebuilt``: a list was searched again; ``build()``
+        makes the lists' graph; ``positions [N, 3]`` and ``cells [S, 3, 3]``: the geometry now."""
+        prune = self.prune if self.prune != "auto" else positions.device.type == "cpu"
+        if rebuilt or self._kept is None:
+            self._kept = None  # the previous plan goes before the next is built
+            graph = build()
+            self._kept = (graph, None if prune else self.forcefield.plan(graph))
+        else:  # the same pairs at the new positions and cells (NPT)
+            graph = self._kept[0].with_geometry(positions, cells)
+        if not prune:
+            return graph, self._kept[1]
+        graph = graph.within(self.forcefield.cutoff)
+        return graph, self.forcefield.plan(graph)

@@ -78,6 +78,17 @@ class AtomGraph:
         return dataclasses.replace(self, positions=self.positions if positions is None else positions,
                                    cells=self.cells if cells is None else cells)
 
+    def within(self, cutoff: float) -> "AtomGraph":
+        """The same atoms with only the edges shorter than ``cutoff`` (Å) at this geometry, in
+        their order (``self`` when every edge is): a Verlet list's pairs in the skin dropped."""
+        keep = torch.linalg.vector_norm(self.edge_vectors(), dim=-1) < cutoff
+        if bool(keep.all()):
+            return self
+        edges = keep.nonzero().squeeze(1)
+        return dataclasses.replace(self, receivers=self.receivers.index_select(0, edges),
+                                   senders=self.senders.index_select(0, edges),
+                                   cell_shifts=self.cell_shifts.index_select(0, edges))
+
     def cartesian_shifts(self) -> torch.Tensor:
         """``[E, 3]`` float64 ``S_e @ cell``."""
         return torch.einsum("ei,eij->ej", self.cell_shifts.to(self.cells.dtype), self.cells.index_select(0, self.edge_batch))

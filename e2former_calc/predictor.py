@@ -15,7 +15,7 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .allocator import keep_freed_memory_on
-from .forces import ForceField
+from .forces import ForceField, StepGraphs
 from .graph import AtomGraph
 from .model import E2Former
 from .model.recompute import set_recompute
@@ -56,10 +56,13 @@ class Predictor:
         keep_freed_memory: on the CPU, raise glibc's mmap and trim thresholds for the process
             (:mod:`~e2former_calc.allocator`), so that large systems reuse freed memory instead
             of mapping fresh pages at every call; False leaves the allocator alone.
+        prune: with a skin, evaluate the network only on the pairs within the cutoff at each
+            call, with a plan built for them (``"auto"``: on the CPU; True, False), see
+            :class:`~e2former_calc.forces.StepGraphs`.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0, neighbours: str = "auto",
-                 recompute="auto", keep_freed_memory: bool = True):
+                 recompute="auto", keep_freed_memory: bool = True, prune="auto"):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         keep_freed_memory_on(self.device, keep_freed_memory)
@@ -71,7 +74,7 @@ class Predictor:
         if neighbours not in ("matscipy", "torch"):
             raise ValueError(f"neighbours must be auto, matscipy or torch, got {neighbours!r}")
         self.verlet = VerletList(self.cutoff, skin, neighbours, self.device)
-        self._reused = None  # (AtomGraph, ConvPlan) kept while the Verlet list holds
+        self.step_graphs = StepGraphs(self.forcefield, prune)
 
     @property
     def model(self) -> E2Former:
@@ -127,14 +130,12 @@ class Predictor:
         positions = torch.as_tensor(atoms.get_positions(), dtype=torch.float64, device=self.device)
         cell = torch.as_tensor(atoms.cell.array, dtype=torch.float64, device=self.device)
         neighbours, rebuilt = self.verlet.update(positions, cell, atoms.pbc, atoms.numbers)
-        if rebuilt or self._reused is None:
-            graph = AtomGraph.from_arrays([self.model.species_indices(atoms.numbers)], [positions], [cell], [atoms.pbc],
-                                          [neighbours], self.device)
-            self._reused = (graph, self.forcefield.plan(graph))
-        else:  # the same edges at the new positions and cell (NPT)
-            graph = self._reused[0].with_geometry(positions, cell[None])
+        graph, plan = self.step_graphs(
+            rebuilt, lambda: AtomGraph.from_arrays([self.model.species_indices(atoms.numbers)], [positions], [cell],
+                                                   [atoms.pbc], [neighbours], self.device),
+            positions, cell[None])
         check_graph_distances(graph, atoms.numbers)
-        return self._evaluate(graph, self._reused[1], forces, stress and bool(atoms.pbc.all()))[0]
+        return self._evaluate(graph, plan, forces, stress and bool(atoms.pbc.all()))[0]
 
     def compute_batch(self, atoms_list, forces: bool = True, stress: bool = True) -> list[dict]:
         """The same for several structures in one pass (fresh neighbour lists, no skin)."""

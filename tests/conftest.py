@@ -56,11 +56,11 @@ TEST_CONFIG = E2FormerConfig(
 )
 
 
-def make_calculator(dtype="float64", skin=0.0, seed=0, config=TEST_CONFIG, species=("H", "C", "O", "Cu")):
+def make_calculator(dtype="float64", skin=0.0, seed=0, config=TEST_CONFIG, species=("H", "C", "O", "Cu"), prune="auto"):
     from e2former_calc import E2FormerCalculator
 
     return E2FormerCalculator.from_config(config, species=species, seed=seed, device="cpu", dtype=dtype, skin=skin,
-                                          e0=[-1.0, -2.0, -3.0, -4.0][: len(species)], quiet=True)
+                                          e0=[-1.0, -2.0, -3.0, -4.0][: len(species)], quiet=True, prune=prune)
 
 
 @pytest.fixture

@@ -90,11 +90,13 @@ def test_molecule_far_from_the_origin(calc):
     assert energy(far, calc) == pytest.approx(energy(atoms, calc), abs=1e-9)
 
 
-def test_energy_and_forces_are_smooth_where_a_lone_neighbour_leaves():
+@pytest.mark.parametrize("prune", [False, True])
+def test_energy_and_forces_are_smooth_where_a_lone_neighbour_leaves(prune):
     """A C-O dimer pulled through the cutoff: energy and force reach the isolated values continuously.
 
-    With a skin, the pair just beyond the cutoff is in the neighbour list and must add exactly 0."""
-    calc = make_calculator(skin=1.0)
+    With a skin, the pair just beyond the cutoff is in the neighbour list and must add exactly 0
+    (``prune=False``: the network sees it) or be dropped (``prune=True``)."""
+    calc = make_calculator(skin=1.0, prune=prune)
     for r in (calc.cutoff - 1e-2, calc.cutoff - 1e-3, calc.cutoff + 1e-3):
         dimer = Atoms("CO", positions=[[0, 0, 0], [r, 0, 0]])
         assert calc.predictor.verlet.update(dimer.positions, dimer.cell.array, dimer.pbc, dimer.numbers)[0].receivers.size == 2
@@ -170,14 +172,15 @@ def test_minimum_distance_is_documented_and_below_chemical_bonds():
     assert 0.1 < MINIMUM_DISTANCE < 0.7
 
 
-def test_verlet_skin_gives_the_same_trajectory_as_rebuilding_every_step():
+@pytest.mark.parametrize("prune", [False, True])
+def test_verlet_skin_gives_the_same_trajectory_as_rebuilding_every_step(prune):
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
     runs = []
     for skin in (0.0, 0.1):
         atoms = copper()
-        atoms.calc = make_calculator(skin=skin)
+        atoms.calc = make_calculator(skin=skin, prune=prune)
         rng = np.random.default_rng(0)
         atoms.set_momenta(rng.normal(scale=1.5, size=(len(atoms), 3)))
         VelocityVerlet(atoms, timestep=2 * units.fs).run(30)
@@ -218,11 +221,12 @@ def test_cuda_matches_cpu():
     assert energy(atoms, gpu) == pytest.approx(cpu, abs=1e-9)
 
 
-def test_skin_list_reused_across_a_cell_change_gives_fresh_results():
+@pytest.mark.parametrize("prune", [False, True])
+def test_skin_list_reused_across_a_cell_change_gives_fresh_results(prune):
     """NPT changes the cell every step: the list is kept (builds == 1) and the numbers are those
     of a freshly built list."""
     atoms = copper()
-    reused = make_calculator(skin=1.0)
+    reused = make_calculator(skin=1.0, prune=prune)
     atoms.calc = reused
     atoms.get_potential_energy()
     atoms.set_cell(atoms.cell.array @ np.diag([1.01, 0.995, 1.0]), scale_atoms=True)
@@ -232,3 +236,45 @@ def test_skin_list_reused_across_a_cell_change_gives_fresh_results():
     fresh.calc = make_calculator(skin=0.0)
     assert energy_reused == pytest.approx(fresh.get_potential_energy(), abs=1e-10)
     assert np.abs(stress_reused - fresh.get_stress()).max() < 1e-12
+
+
+def test_pruning_evaluates_only_the_pairs_within_the_cutoff():
+    """``prune=True``: at every call the network sees only the Verlet list's pairs within the
+    cutoff, with a plan of its own; the numbers are those of ``prune=False`` (which evaluates every
+    pair of the list) to rounding, over steps that reuse the list and one that rebuilds it."""
+    from e2former_calc.forces import ForceField, StepGraphs
+
+    seen = {True: [], False: []}
+    original = ForceField.forward
+
+    def recording(self, graph, plan=None, **kwargs):
+        lengths = torch.linalg.vector_norm(graph.edge_vectors(), dim=-1)
+        seen[current].append((graph.n_edges, float(lengths.max()), plan))
+        return original(self, graph, plan, **kwargs)
+
+    atoms = copper(repeat=(3, 3, 3))
+    calcs = {prune: make_calculator(skin=0.6, prune=prune) for prune in (True, False)}
+    rng = np.random.default_rng(2)
+    try:
+        ForceField.forward = recording
+        for _ in range(4):
+            atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape).clip(-0.14, 0.14)
+            results = {}
+            for current, calc in calcs.items():
+                moved = atoms.copy()
+                moved.calc = calc
+                results[current] = (moved.get_potential_energy(), moved.get_forces(), moved.get_stress())
+            assert results[True][0] == pytest.approx(results[False][0], abs=1e-10)
+            assert np.abs(results[True][1] - results[False][1]).max() < 1e-10
+            assert np.abs(results[True][2] - results[False][2]).max() < 1e-12
+    finally:
+        ForceField.forward = original
+    cutoff = calcs[True].cutoff
+    assert all(longest < cutoff for _, longest, _ in seen[True])
+    assert all(longest > cutoff for _, longest, _ in seen[False])  # the skin's pairs are evaluated
+    assert all(n_pruned < n_all for (n_pruned, _, _), (n_all, _, _) in zip(seen[True], seen[False]))
+    assert calcs[True].predictor.verlet.builds == calcs[False].predictor.verlet.builds == 2
+    assert len({id(plan) for _, _, plan in seen[True]}) == 4  # a plan per call
+    assert len({id(plan) for _, _, plan in seen[False]}) == 2  # a plan per list
+    with pytest.raises(ValueError, match="prune must be"):
+        StepGraphs(calcs[True].predictor.forcefield, prune="yes")

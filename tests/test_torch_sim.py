@@ -158,9 +158,10 @@ def test_mixed_pbc_batch_matches_ase(cu_model, cu_calc):
     compare_with_ase(cu_model, cu_calc, structures, state)
 
 
-def test_verlet_reuse_and_dict_state(cu_calc):
+@pytest.mark.parametrize("prune", [False, True])
+def test_verlet_reuse_and_dict_state(cu_calc, prune):
     structures = periodic_copper()
-    reusing = E2FormerModel(cu_calc.model, device="cpu", dtype="float64", skin=0.5)
+    reusing = E2FormerModel(cu_calc.model, device="cpu", dtype="float64", skin=0.5, prune=prune)
     fresh = E2FormerModel(cu_calc.model, device="cpu", dtype="float64", skin=0.0)
     state = ts.io.atoms_to_state(structures, CPU, torch.float64)
     reusing(state)

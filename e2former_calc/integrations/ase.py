@@ -30,9 +30,9 @@ class E2FormerCalculator(Calculator):
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
         dtype: ``"float64"`` (default: relaxation, phonons, tests) or ``"float32"`` (fast MD).
         skin: Verlet skin in Å: MD reuses the neighbour list while no pair can have entered the
-            cutoff (atoms moved less than half of it, allowing for cell changes). Every pair in
-            the skin costs as much as one inside the cutoff, so it is kept thin: 0.3 Å was the
-            fastest of 0, 0.3, 0.5 and 1 Å for 864 Cu atoms at 1,000 K (209, 221, 218, 307 ms per step).
+            cutoff (atoms moved less than half of it, allowing for cell changes). Kept thin: 0.3 Å
+            was the fastest of 0, 0.3, 0.5 and 1 Å for 864 Cu atoms at 1,000 K (209, 221, 218, 307
+            ms per step) when every pair of the list went through the network (``prune=False``).
         metadata: what the potential file says about itself (kept for ``save``).
         quiet: do not print the one-line description of the loaded potential.
         neighbours: ``"auto"`` (a torch cell list on a GPU, matscipy on the CPU), ``"matscipy"``
@@ -43,14 +43,18 @@ class E2FormerCalculator(Calculator):
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
             thresholds, :mod:`~e2former_calc.allocator`): per-atom cost stays flat up to the
             largest systems; False leaves the allocator alone.
+        prune: ``"auto"`` (on the CPU), True or False: evaluate the network only on the Verlet
+            list's pairs within the cutoff at each step, with a convolution plan built for them
+            (:class:`~e2former_calc.predictor.Predictor`).
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.3, metadata=None, quiet=False,
-                 neighbours: str = "auto", recompute="auto", keep_freed_memory: bool = True, **kwargs):
+                 neighbours: str = "auto", recompute="auto", keep_freed_memory: bool = True, prune="auto",
+                 **kwargs):
         super().__init__(**kwargs)
         self.implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
         self.predictor = Predictor(model, device=device, dtype=dtype, skin=skin, neighbours=neighbours,
-                                   recompute=recompute, keep_freed_memory=keep_freed_memory)
+                                   recompute=recompute, keep_freed_memory=keep_freed_memory, prune=prune)
         # the weights as given (e.g. float64 from the file), for save(): the predictor's copy may be float32
         self._weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.metadata = dict(metadata or {})

@@ -54,7 +54,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch-
     ) from error
 
 from ..allocator import keep_freed_memory_on
-from ..forces import ForceField
+from ..forces import ForceField, StepGraphs
 from ..graph import AtomGraph
 from ..model import E2Former
 from ..model_file import load_model
@@ -94,10 +94,14 @@ class E2FormerModel(ModelInterface):
             numbers; ``"blocks"`` for the largest systems a device holds).
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
             thresholds, :mod:`~e2former_calc.allocator`); False leaves the allocator alone.
+        prune: with a skin, evaluate the network only on the pairs within the cutoff at each
+            call, with a plan built for them (``"auto"``: on the CPU; True, False), see
+            :class:`~e2former_calc.forces.StepGraphs`.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", compute_forces: bool = True,
-                 compute_stress: bool = True, skin: float = 0.0, recompute="auto", keep_freed_memory: bool = True):
+                 compute_stress: bool = True, skin: float = 0.0, recompute="auto", keep_freed_memory: bool = True,
+                 prune="auto"):
         super().__init__()
         self._device = resolve_device(device)
         self._dtype = resolve_dtype(dtype)
@@ -113,7 +117,7 @@ class E2FormerModel(ModelInterface):
         self.atomic_numbers = tuple(model.atomic_numbers)
         self._verlets: list[VerletList] = []
         self._previous: list = []  # per system, the positions of the previous call (unwrapped)
-        self._reused = None  # (AtomGraph, ConvPlan) while every system's Verlet list holds
+        self._step_graphs = StepGraphs(self.forcefield, prune)  # graph and plan while every system's list holds
         self._fixed = None  # host copies of the atomic numbers and systems (see _layout)
 
     # -- constructors -----------------------------------------------------------------------
@@ -229,7 +233,7 @@ class E2FormerModel(ModelInterface):
             search = "torch" if self._device.type == "cuda" else "matscipy"  # the cell list on a GPU
             self._verlets = [VerletList(self.cutoff, self.skin, search, self._device) for _ in range(n_systems)]
             self._previous = [None] * n_systems
-            self._reused = None
+            self._step_graphs.reset()
         parts = [positions[where] for where in systems]
         if self.skin > 0:  # undo torch-sim's wrapping of atoms into the cell (0.3.0 wraps at every MD step)
             parts = [self._unwrap(s, part, rows[s], pbc_np[s]) for s, part in enumerate(parts)]
@@ -239,13 +243,12 @@ class E2FormerModel(ModelInterface):
             nb, fresh = self._verlets[s].update(part, rows[s], pbc_np[s], numbers_np[systems[s]])
             neighbours.append(nb)
             rebuilt = rebuilt or fresh
-        if rebuilt or self._reused is None:
-            graph = AtomGraph.from_arrays(fixed["species"], parts, list(rows), list(pbc_np), neighbours, self._device)
-            self._reused = (graph, self.forcefield.plan(graph))
-        else:  # the same edges at the new positions and cells
-            graph = self._reused[0].with_geometry(positions, rows)
+        graph, plan = self._step_graphs(
+            rebuilt, lambda: AtomGraph.from_arrays(fixed["species"], parts, list(rows), list(pbc_np), neighbours,
+                                                   self._device),
+            positions, rows)
         check_graph_distances(graph, numbers_np, "system")
-        return graph, self._reused[1]
+        return graph, plan
 
     def _unwrap(self, s: int, positions: torch.Tensor, cell: torch.Tensor, pbc: np.ndarray) -> torch.Tensor:
         """``positions`` moved by whole periodic cell vectors to lie next to those of the previous
