@@ -23,6 +23,7 @@ table's first line says which.
     python benchmarks/conv_speed.py                    # the full sweep
     python benchmarks/conv_speed.py --device cuda      # on a GPU
     python benchmarks/conv_speed.py --quick --allocator system   # glibc's default malloc
+    python benchmarks/conv_speed.py --quick --filter-degrees 1 2 --table T.md --json T.json --plot T.png
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def plot(records, path: Path, title: str) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="L_max 2, f 2, C 128, K 20 and 80 only")
+    parser.add_argument("--filter-degrees", type=int, nargs="+", help="with --quick: these f instead of 2")
     parser.add_argument("--atoms", type=int, default=1728, help="atoms in the periodic box (default 1728)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -232,7 +234,7 @@ def main(argv=None):
         return
 
     if args.quick:
-        sweep = list(itertools.product([20, 80], [2], [2], [128]))
+        sweep = list(itertools.product([20, 80], [2], args.filter_degrees or [2], [128]))
     else:
         sweep = list(itertools.product([10, 20, 40, 80], [1, 2, 3], [1, 2], [32, 128]))
     tag = "conv_speed" + ("_quick" if args.quick else "") + ("" if args.device == "cpu" else "_" + args.device.split(":")[0])

@@ -98,12 +98,18 @@ class ConvPlan:
 
 
 def _dense_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``column`` mapped to ``[0, radix)`` keeping its order: ``value - min`` for integers (no
+    sort: atom indices, image shifts and block indices span small ranges), else the rank."""
+    if not column.dtype.is_floating_point:
+        low, high = torch.aminmax(column)
+        return column - low, int(high - low) + 1
     values, ids = torch.unique(column, return_inverse=True)
     return ids, values.shape[0]
 
 
 def _row_keys(columns: list[torch.Tensor]) -> torch.Tensor:
-    """One int64 key per row, equal iff the rows of the given columns are all equal."""
+    """One int64 key per row, equal iff the rows of the given columns are all equal; keys sort
+    as the rows do, column by column."""
     key = torch.zeros_like(columns[0])
     radix_product = 1
     for column in columns:

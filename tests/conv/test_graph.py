@@ -20,6 +20,22 @@ def test_local_origins_reproduce_every_edge_vector():
     assert torch.equal(plan.source_atoms[plan.edge_source], graph.senders)
 
 
+def test_source_entries_are_the_distinct_sender_image_block_rows_in_their_sorted_order():
+    """Against plain Python: one source entry per distinct (sender, image, target block), numbered
+    in the rows' lexicographic order, negative images and blocks included."""
+    positions, cell = jittered_lattice(4, seed=7)
+    graph = periodic_graph(positions - 3.0, cell, cutoff=4.5)
+    plan = ConvPlan.build(graph, 2.5, channels=2)
+    blocks = torch.floor(graph.positions / 2.5).long()
+    rows = [(int(j), *map(int, image), *map(int, blocks[i]))
+            for i, j, image in zip(graph.receivers, graph.senders, graph.images)]
+    distinct = sorted(set(rows))
+    assert min(min(r[1:4]) for r in rows) < 0 and min(min(r[4:]) for r in rows) < 0
+    assert plan.n_sources == len(distinct)
+    assert plan.edge_source.tolist() == [distinct.index(r) for r in rows]
+    assert torch.allclose(_rebuilt_vectors(plan, graph), graph.vectors, atol=1e-12)
+
+
 def test_source_entries_are_keyed_on_integer_images_not_on_rounded_shifts():
     """Two images of one sender 0.001 Å apart (a tiny cell vector) stay two source entries."""
     positions = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
