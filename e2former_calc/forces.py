@@ -173,13 +173,14 @@ class StepGraphs:
       pairs are dropped (``docs/model.md``, "Memory and scaling").
 
     Both give the same energies, forces and stress to rounding. ``"auto"``: prune on the CPU.
+    Without a skin (``skin=0``, the lists hold only pairs within the cutoff) nothing is pruned.
     """
 
-    def __init__(self, forcefield: ForceField, prune="auto"):
+    def __init__(self, forcefield: ForceField, prune="auto", skin: float = 0.0):
         if prune not in ("auto", True, False):
             raise ValueError(f"prune must be 'auto', True or False, got {prune!r}")
         self.forcefield = forcefield
-        self.prune = prune
+        self.prune = prune if skin > 0 else False
         self._kept = None  # (the Verlet list's AtomGraph, its ConvPlan or None when pruning)
 
     def reset(self) -> None:

@@ -74,7 +74,7 @@ class Predictor:
         if neighbours not in ("matscipy", "torch"):
             raise ValueError(f"neighbours must be auto, matscipy or torch, got {neighbours!r}")
         self.verlet = VerletList(self.cutoff, skin, neighbours, self.device)
-        self.step_graphs = StepGraphs(self.forcefield, prune)
+        self.step_graphs = StepGraphs(self.forcefield, prune, skin)
 
     @property
     def model(self) -> E2Former:

@@ -117,7 +117,7 @@ class E2FormerModel(ModelInterface):
         self.atomic_numbers = tuple(model.atomic_numbers)
         self._verlets: list[VerletList] = []
         self._previous: list = []  # per system, the positions of the previous call (unwrapped)
-        self._step_graphs = StepGraphs(self.forcefield, prune)  # graph and plan while every system's list holds
+        self._step_graphs = StepGraphs(self.forcefield, prune, skin)  # graph and plan while every system's list holds
         self._fixed = None  # host copies of the atomic numbers and systems (see _layout)
 
     # -- constructors -----------------------------------------------------------------------
