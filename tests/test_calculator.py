@@ -278,3 +278,21 @@ def test_pruning_evaluates_only_the_pairs_within_the_cutoff():
     assert len({id(plan) for _, _, plan in seen[False]}) == 2  # a plan per list
     with pytest.raises(ValueError, match="prune must be"):
         StepGraphs(calcs[True].predictor.forcefield, prune="yes")
+
+
+def test_prune_auto_prunes_only_large_lists_on_the_cpu(monkeypatch):
+    """``"auto"``: a list of fewer than PRUNE_MIN_PAIRS pairs keeps its plan; a larger one is
+    pruned at every call; no skin, nothing to prune."""
+    from e2former_calc import forces
+
+    monkeypatch.setattr(forces, "PRUNE_MIN_PAIRS", 2_000)  # between the two lists below
+    small, large = copper(repeat=(2, 2, 2)), copper(repeat=(5, 5, 5))
+    for atoms, expected in ((small, False), (large, True)):
+        atoms.calc = make_calculator(skin=0.5)
+        atoms.get_potential_energy()
+        graph = atoms.calc.predictor.step_graphs._kept[0]
+        assert (graph.n_edges >= forces.PRUNE_MIN_PAIRS) == expected
+        assert atoms.calc.predictor.step_graphs.pruning == expected
+    large.calc = make_calculator(skin=0.0, prune=True)
+    large.get_potential_energy()
+    assert not large.calc.predictor.step_graphs.pruning

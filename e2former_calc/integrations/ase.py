@@ -43,7 +43,7 @@ class E2FormerCalculator(Calculator):
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
             thresholds, :mod:`~e2former_calc.allocator`): per-atom cost stays flat up to the
             largest systems; False leaves the allocator alone.
-        prune: ``"auto"`` (on the CPU), True or False: evaluate the network only on the Verlet
+        prune: ``"auto"`` (on the CPU, lists of 20,000 pairs or more), True or False: evaluate the network only on the Verlet
             list's pairs within the cutoff at each step, with a convolution plan built for them
             (:class:`~e2former_calc.predictor.Predictor`).
     """

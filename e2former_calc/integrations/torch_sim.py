@@ -95,7 +95,7 @@ class E2FormerModel(ModelInterface):
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
             thresholds, :mod:`~e2former_calc.allocator`); False leaves the allocator alone.
         prune: with a skin, evaluate the network only on the pairs within the cutoff at each
-            call, with a plan built for them (``"auto"``: on the CPU; True, False), see
+            call, with a plan built for them (``"auto"``: on the CPU, lists of 20,000 pairs or more; True, False), see
             :class:`~e2former_calc.forces.StepGraphs`.
     """
 
