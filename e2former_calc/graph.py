@@ -91,7 +91,10 @@ class AtomGraph:
 
     def cartesian_shifts(self) -> torch.Tensor:
         """``[E, 3]`` float64 ``S_e @ cell``."""
-        return torch.einsum("ei,eij->ej", self.cell_shifts.to(self.cells.dtype), self.cells.index_select(0, self.edge_batch))
+        shifts = self.cell_shifts.to(self.cells.dtype)
+        if self.n_structures == 1:  # one product, not a [E, 3, 3] gather of the cell
+            return shifts @ self.cells[0]
+        return torch.einsum("ei,eij->ej", shifts, self.cells.index_select(0, self.edge_batch))
 
     def edge_vectors(self) -> torch.Tensor:
         """``[E, 3]`` float64 ``r_e = x_j + S_e @ cell - x_i``."""
