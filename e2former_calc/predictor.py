@@ -57,8 +57,8 @@ class Predictor:
             (:mod:`~e2former_calc.allocator`), so that large systems reuse freed memory instead
             of mapping fresh pages at every call; False leaves the allocator alone.
         prune: with a skin, evaluate the network only on the pairs within the cutoff at each
-            call, with a plan built for them (``"auto"``: on the CPU, lists of 20,000 pairs or more; True, False), see
-            :class:`~e2former_calc.forces.StepGraphs`.
+            call, with a plan built for them (``"auto"``: on the CPU, lists of 20,000 pairs or
+            more; True, False), see :class:`~e2former_calc.forces.StepGraphs`.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.0, neighbours: str = "auto",

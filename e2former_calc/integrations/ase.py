@@ -43,9 +43,9 @@ class E2FormerCalculator(Calculator):
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
             thresholds, :mod:`~e2former_calc.allocator`): per-atom cost stays flat up to the
             largest systems; False leaves the allocator alone.
-        prune: ``"auto"`` (on the CPU, lists of 20,000 pairs or more), True or False: evaluate the network only on the Verlet
-            list's pairs within the cutoff at each step, with a convolution plan built for them
-            (:class:`~e2former_calc.predictor.Predictor`).
+        prune: ``"auto"`` (on the CPU, lists of 20,000 pairs or more), True or False: evaluate
+            the network only on the Verlet list's pairs within the cutoff at each step, with a
+            convolution plan built for them (:class:`~e2former_calc.forces.StepGraphs`).
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", skin: float = 0.3, metadata=None, quiet=False,

@@ -95,8 +95,8 @@ class E2FormerModel(ModelInterface):
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
             thresholds, :mod:`~e2former_calc.allocator`); False leaves the allocator alone.
         prune: with a skin, evaluate the network only on the pairs within the cutoff at each
-            call, with a plan built for them (``"auto"``: on the CPU, lists of 20,000 pairs or more; True, False), see
-            :class:`~e2former_calc.forces.StepGraphs`.
+            call, with a plan built for them (``"auto"``: on the CPU, lists of 20,000 pairs or
+            more; True, False), see :class:`~e2former_calc.forces.StepGraphs`.
     """
 
     def __init__(self, model: E2Former, device="auto", dtype="float64", compute_forces: bool = True,
@@ -117,7 +117,7 @@ class E2FormerModel(ModelInterface):
         self.atomic_numbers = tuple(model.atomic_numbers)
         self._verlets: list[VerletList] = []
         self._previous: list = []  # per system, the positions of the previous call (unwrapped)
-        self._step_graphs = StepGraphs(self.forcefield, prune, skin)  # graph and plan while every system's list holds
+        self._step_graphs = StepGraphs(self.forcefield, prune, skin)  # graph and plan while the lists hold
         self._fixed = None  # host copies of the atomic numbers and systems (see _layout)
 
     # -- constructors -----------------------------------------------------------------------
