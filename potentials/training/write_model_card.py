@@ -51,13 +51,15 @@ CARDS = {
             "A short training budget on a 2-core CPU (see above): errors are well above what longer training reaches.",
             "Closer than the sum of covalent radii the ZBL repulsion takes over from the network: hot MD pushes "
             "close atoms apart, but no bond breaking or formation was in the data.",
-            "Four runs: the first organic potential (`potentials/training/e2former-xtb-organic-rmd17.pt`, "
+            "Five runs: the first organic potential (`potentials/training/e2former-xtb-organic-rmd17.pt`, "
             "trained on `datasets/xtb-rmd17`, whose frames are other 500 K trajectories of the same molecules, never "
             "the test trajectories here), its fine-tuning on this data set (`e2former-xtb-organic-finetune1.pt`, "
             "shipped 2026-12-02 to 12-03; that run began as a 9-minute trial and was resumed with its configuration "
             "file's values after 5 epochs, so a fresh run of that file does not reproduce it bit for bit), a second "
-            "fine-tuning (`e2former-xtb-organic-finetune2.pt`, shipped earlier on 2026-12-03) and this file, a third; "
-            "the second and the third in float32 with the learning rate restarted at 1e-3.",
+            "fine-tuning (`e2former-xtb-organic-finetune2.pt`, shipped in the first session of 2026-12-03), a third "
+            "(`e2former-xtb-organic-finetune3.pt`, shipped in the second) and this file, a fourth (stopped by its "
+            "100-minute limit two epochs before the end of its cosine schedule); the second to the fourth in float32 "
+            "with the learning rate restarted at 1e-3.",
         ],
     },
     "e2former-emt-cu": {
