@@ -56,7 +56,8 @@ TEST_CONFIG = E2FormerConfig(
 )
 
 
-def make_calculator(dtype="float64", skin=0.0, seed=0, config=TEST_CONFIG, species=("H", "C", "O", "Cu"), prune="auto"):
+def make_calculator(dtype="float64", skin=0.0, seed=0, config=TEST_CONFIG, species=("H", "C", "O", "Cu"),
+                    prune="auto"):
     from e2former_calc import E2FormerCalculator
 
     return E2FormerCalculator.from_config(config, species=species, seed=seed, device="cpu", dtype=dtype, skin=skin,
