@@ -205,7 +205,7 @@ class Trainer:
         behind = training_seconds(provenance)  # the start's run and, if it was fine-tuned too, its start's
         return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "name": provenance.get("name", ""), "train": provenance.get("train", ""),
-                "training_time_s": "" if math.isnan(behind) else f"{behind:.0f}"}
+                "training_time_s": "" if math.isnan(behind) else f"{behind:.1f}"}
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then a cosine from ``lr`` to ``lr * min_lr_factor`` at ``max_epochs``;
@@ -483,7 +483,7 @@ class Trainer:
         best_row = next((r for r in self.history if r["epoch"] == self.best["epoch"]), {})
         provenance = {
             "name": self.config.name, "train": self.config.data.train, "valid": self.config.data.valid or "fraction of train",
-            "epochs": self.epoch, "best_epoch": self.best["epoch"], "training_time_s": f"{self.elapsed:.0f}",
+            "epochs": self.epoch, "best_epoch": self.best["epoch"], "training_time_s": f"{self.elapsed:.1f}",
             "processes": self.world, "hardware": (f"{torch.cuda.get_device_name(self.device)} x {self.world} processes"
                                                if self.device.type == "cuda" else
                                                f"{cpu_name()}, {torch.get_num_threads()} threads x {self.world} processes"),
