@@ -57,11 +57,12 @@ SKIN = 0.3  # Å, the calculator's default
 def _calculator(args, skin):
     from e2former_calc import E2FormerCalculator
 
-    # SCALING_RECOMPUTE=true|false|auto|blocks (an --env / --compare-env value): the calculator's recompute
-    requested = os.environ.get("SCALING_RECOMPUTE", "auto")
-    options = {"recompute": {"true": True, "false": False}.get(requested, requested)}
-    if "SCALING_PRUNE" in os.environ:  # the calculator's prune (trees that have it): auto, true or false
-        options["prune"] = {"true": True, "false": False}.get(os.environ["SCALING_PRUNE"], os.environ["SCALING_PRUNE"])
+    # SCALING_RECOMPUTE=true|false|auto|blocks and SCALING_PRUNE=true|false|auto (--env / --compare-env
+    # values): the calculator's recompute and (for trees that have it, only when set) prune
+    options = {"recompute": os.environ.get("SCALING_RECOMPUTE", "auto")}
+    if "SCALING_PRUNE" in os.environ:
+        options["prune"] = os.environ["SCALING_PRUNE"]
+    options = {key: {"true": True, "false": False}.get(value, value) for key, value in options.items()}
     if args.preset:
         return E2FormerCalculator.from_config(args.preset, species=("Cu",), device="cpu", dtype=args.dtype, skin=skin,
                                               quiet=True, **options)

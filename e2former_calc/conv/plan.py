@@ -98,13 +98,10 @@ class ConvPlan:
 
 
 def _dense_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``column`` mapped to ``[0, radix)`` keeping its order: ``value - min`` for integers (no
-    sort: atom indices, image shifts and block indices span small ranges), else the rank."""
-    if not column.dtype.is_floating_point:
-        low, high = torch.aminmax(column)
-        return column - low, int(high - low) + 1
-    values, ids = torch.unique(column, return_inverse=True)
-    return ids, values.shape[0]
+    """An integer ``column`` mapped to ``[0, radix)`` keeping its order: ``value - min`` (no sort:
+    atom indices, image keys and block indices span small ranges)."""
+    low, high = torch.aminmax(column)
+    return column - low, int(high - low) + 1
 
 
 def _row_keys(columns: list[torch.Tensor]) -> torch.Tensor:
