@@ -16,6 +16,11 @@ The data set the shipped organic potential trains on. Per molecule:
   Gaussian displacements of it (sigma uniform in 0.005-0.05 Å).
 - **Isolated atoms** H, C, N, O in their ground-state spin multiplicity (2, 3, 4, 3), for
   ``e0: isolated_atoms``.
+- **Extra training trajectories.** ``--extra-conformers`` more starting conformers per molecule,
+  chosen the same way from a second, independently seeded rdkit ensemble (so again the lowest
+  conformer of every isomer first: both azobenzene isomers), numbered after the regular ones, each
+  run at ``--extra-temperatures`` (default 700 K) with its own seed. Training data only: they take
+  no part in the validation draw or the test split, which stay what they are without them.
 
 Splits (fixed by ``--seed``): per molecule and temperature, **one whole trajectory** is the test
 set (the conformer index rotates with the temperature, shifted by a seeded offset per molecule),
@@ -31,7 +36,8 @@ Usage::
     pip install -e ".[data]"
     python datasets/xtb_organic.py --out datasets/xtb-organic          # the shipped data set
     python datasets/xtb_organic.py --out /tmp/x --molecules ethanol --conformers 2 \
-        --temperatures 300 700 --frames 4 --equilibrate 4 --interval 2 --rattles 2 --valid 1
+        --temperatures 300 700 --frames 4 --equilibrate 4 --interval 2 --rattles 2 --valid 1 \
+        --extra-conformers 1
 
 Writes ``OUT/{train,valid,test}.extxyz.gz`` (``config_type`` = molecule, or ``isolated_atom``; info
 ``temperature_K``, ``trajectory``, ``conformer``), ``OUT/minima.extxyz.gz`` (the xTB minimum of each
@@ -62,6 +68,8 @@ ISOMERS = {name: [smiles] for name, smiles in MOLECULES.items()}
 ISOMERS["azobenzene"].append("C1=CC=C(C=C1)/N=N\\C2=CC=CC=C2")  # cis
 ISOMERS["malonaldehyde"].append("O/C=C/C=O")  # E enol, no internal hydrogen bond
 TEMPERATURES = (300, 500, 700, 1000)  # K
+EXTRA_TEMPERATURES = (700,)  # K: the extra conformers' trajectories
+EXTRA_ENSEMBLE_SEED = 1000  # added to the seed of the extra conformers' rdkit ensemble
 MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}  # ground-state spin multiplicity of the free atom
 EMBEDDINGS = 20  # rdkit embeddings per isomer before selection
 
@@ -104,6 +112,18 @@ def conformers(name: str, count: int, seed: int) -> list[Atoms]:
         chosen.append(pick)
         distance = np.minimum(distance, [rms(k, pick) for k in range(len(pool))])
     return [pool[k][3] for k in chosen]
+
+
+def starting_conformers(path: Path, name: str, count: int, seed: int) -> list[Atoms]:
+    """``conformers(name, count, seed)``, computed once and kept at ``path`` for resumed runs."""
+    if count == 0:
+        return []
+    if not path.exists():
+        write_frames(path, conformers(name, count, seed))
+    starts = read_frames(path)
+    if len(starts) != count:
+        raise RuntimeError(f"{path} has {len(starts)} conformers, expected {count}; delete it")
+    return starts
 
 
 def trajectory_seed(seed: int, name: str, temperature: float, conformer: int) -> int:
@@ -168,21 +188,25 @@ def main(argv=None):
     parser.add_argument("--equilibrate", type=int, default=200, help="MD steps before the first kept frame")
     parser.add_argument("--rattles", type=int, default=10, help="rattled frames around each xTB minimum")
     parser.add_argument("--valid", type=int, default=40, help="validation frames per molecule")
+    parser.add_argument("--extra-conformers", type=int, default=3,
+                        help="training-only starting conformers per molecule, from a second rdkit ensemble")
+    parser.add_argument("--extra-temperatures", type=float, nargs="+", default=EXTRA_TEMPERATURES,
+                        help="temperatures (K) of the extra conformers' trajectories")
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     if args.conformers < 2:
         parser.error("--conformers must be at least 2: one trajectory per temperature is held out for test")
+    if args.extra_conformers < 0:
+        parser.error("--extra-conformers must be 0 or more")
 
     raw = args.out / "raw"
-    starts = {}
+    starts, extra_starts = {}, {}
     for name in args.molecules:
-        path = raw / name / "conformers.extxyz"
-        if not path.exists():
-            write_frames(path, conformers(name, args.conformers, args.seed + sorted(MOLECULES).index(name)))
-        starts[name] = read_frames(path)
-        if len(starts[name]) != args.conformers:
-            raise RuntimeError(f"{path} has {len(starts[name])} conformers, expected {args.conformers}; delete it")
+        index = sorted(MOLECULES).index(name)
+        starts[name] = starting_conformers(raw / name / "conformers.extxyz", name, args.conformers, args.seed + index)
+        extra_starts[name] = starting_conformers(raw / name / "extra_conformers.extxyz", name, args.extra_conformers,
+                                                 args.seed + EXTRA_ENSEMBLE_SEED + index)
 
     jobs = {}  # raw file -> (function, arguments)
     for name in args.molecules:
@@ -190,6 +214,9 @@ def main(argv=None):
             for temperature in args.temperatures:
                 jobs[raw / name / f"{int(temperature)}K_c{c}.extxyz.gz"] = (run_trajectory, (name, start, temperature, c, args))
             jobs[raw / name / f"minimum_c{c}.extxyz.gz"] = (run_near_minimum, (name, start, c, args))
+        for c, start in enumerate(extra_starts[name], start=args.conformers):
+            for temperature in args.extra_temperatures:
+                jobs[raw / name / f"{int(temperature)}K_c{c}.extxyz.gz"] = (run_trajectory, (name, start, temperature, c, args))
     todo = {path: job for path, job in jobs.items() if not path.exists()}
     print(f"{len(jobs) - len(todo)} of {len(jobs)} trajectories already done; running {len(todo)}", flush=True)
     begin = time.perf_counter()
@@ -215,16 +242,23 @@ def main(argv=None):
         valid = set(order[:args.valid].tolist())
         parts["valid"].extend(flat[i] for i in sorted(valid))
         parts["train"].extend(f for i, f in enumerate(flat) if i not in valid)
+        extra = [read_frames(raw / name / f"{int(temperature)}K_c{c}.extxyz.gz")
+                 for c in range(args.conformers, args.conformers + args.extra_conformers)
+                 for temperature in args.extra_temperatures]
+        parts["train"].extend(f for frames in extra for f in frames)  # after the draw: valid stays as it was
         parts["test"].extend(f for frames in tests for f in frames)
         splits[name] = {"test_trajectories": [frames[0].info["trajectory"] for frames in tests],
-                        "valid_frames": len(valid), "train_frames": len(flat) - len(valid) + args.conformers * (1 + args.rattles)}
+                        "valid_frames": len(valid),
+                        "train_frames": len(flat) - len(valid) + args.conformers * (1 + args.rattles) + sum(map(len, extra)),
+                        "extra_trajectories": [frames[0].info["trajectory"] for frames in extra]}
     for part, frames in parts.items():
         write_frames(args.out / f"{part}.extxyz.gz", frames)
     write_frames(args.out / "minima.extxyz.gz", minima)
     write_json(args.out / "splits.json", {"seed": args.seed, "settings": {
         "temperatures_K": list(args.temperatures), "conformers": args.conformers, "timestep_fs": MOLECULE_TIMESTEP,
         "friction_per_fs": MOLECULE_FRICTION, "interval": args.interval, "equilibrate": args.equilibrate, "frames": args.frames,
-        "rattles": args.rattles, "method": "GFN2-xTB (tblite, defaults)"},
+        "rattles": args.rattles, "extra_conformers": args.extra_conformers,
+        "extra_temperatures_K": list(args.extra_temperatures), "method": "GFN2-xTB (tblite, defaults)"},
         "isomers": {m: ISOMERS[m] for m in args.molecules}, "splits": splits})
     print(f"wrote {', '.join(f'{p}: {len(f)}' for p, f in parts.items())} frames to {args.out}")
 

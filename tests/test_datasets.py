@@ -1,5 +1,6 @@
 """The data recipes in datasets/: deterministic, labelled, split as documented (tiny settings)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,9 +69,9 @@ def test_extended_copper_recipe_keeps_the_classic_frames_and_holds_out_whole_tra
 def test_organic_recipe_holds_out_whole_trajectories(tmp_path):
     pytest.importorskip("tblite")
     pytest.importorskip("rdkit")
-    out = run("xtb_organic.py", "--out", tmp_path, "--molecules", "ethanol", "malonaldehyde", "--conformers", "2",
-              "--temperatures", "300", "700", "--frames", "3", "--equilibrate", "2", "--interval", "2", "--rattles", "1",
-              "--valid", "1", "--workers", "2")
+    settings = ["--molecules", "ethanol", "malonaldehyde", "--conformers", "2", "--temperatures", "300", "700",
+                "--frames", "3", "--equilibrate", "2", "--interval", "2", "--rattles", "1", "--valid", "1"]
+    out = run("xtb_organic.py", "--out", tmp_path, *settings, "--extra-conformers", "0", "--workers", "2")
     # per molecule 2 conformers x 2 temperatures x 3 frames; one trajectory per temperature is test;
     # train: the rest minus 1 valid, plus 2 minima and 2 rattles; plus 4 isolated atoms
     assert "train: 22, valid: 2, test: 12" in out
@@ -88,12 +89,28 @@ def test_organic_recipe_holds_out_whole_trajectories(tmp_path):
     distances = sorted(float(s.get_distance(*o)) for s, o in zip(starts, oxygen))
     assert distances[0] < 3.0 < distances[1]
     # a stopped run resumes: nothing is recomputed, the same files come out
-    again = run("xtb_organic.py", "--out", tmp_path, "--molecules", "ethanol", "malonaldehyde", "--conformers", "2",
-                "--temperatures", "300", "700", "--frames", "3", "--equilibrate", "2", "--interval", "2", "--rattles", "1",
-                "--valid", "1")
+    again = run("xtb_organic.py", "--out", tmp_path, *settings, "--extra-conformers", "0")
     assert "12 of 12 trajectories already done; running 0" in again
     assert [f.info["REF_energy"] for f in read(tmp_path / "test.extxyz.gz", index=":")] == \
         [f.info["REF_energy"] for f in parts["test"]]
+    # extra conformers add training trajectories only: valid and test stay frame for frame the same
+    more = run("xtb_organic.py", "--out", tmp_path, *settings, "--extra-conformers", "2", "--extra-temperatures", "700",
+               "--workers", "2")
+    assert "12 of 16 trajectories already done; running 4" in more
+    assert "train: 34, valid: 2, test: 12" in more  # + 2 molecules x 2 conformers x 1 temperature x 3 frames
+    extended = {p: read(tmp_path / f"{p}.extxyz.gz", index=":") for p in ("train", "valid", "test")}
+    for part in ("valid", "test"):
+        assert [f.info["trajectory"] for f in extended[part]] == [f.info["trajectory"] for f in parts[part]]
+        assert all(np.array_equal(a.positions, b.positions) for a, b in zip(extended[part], parts[part]))
+    added = {f.info["trajectory"] for f in extended["train"]} - {f.info["trajectory"] for f in parts["train"]}
+    assert added == {f"{m}_700K_c{c}" for m in ("ethanol", "malonaldehyde") for c in (2, 3)}
+    assert not added & {f.info["trajectory"] for f in parts["test"] + parts["valid"]}
+    extra = read(tmp_path / "raw" / "malonaldehyde" / "extra_conformers.extxyz", index=":")
+    oxygen = [np.flatnonzero(np.array(s.get_chemical_symbols()) == "O") for s in extra]
+    assert sorted(float(s.get_distance(*o)) < 3.0 for s, o in zip(extra, oxygen)) == [False, True]  # both enols
+    assert not any(np.allclose(e.positions, s.positions) for e in extra for s in starts)  # another ensemble
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert splits["splits"]["ethanol"]["extra_trajectories"] == ["ethanol_700K_c2", "ethanol_700K_c3"]
 
 
 def test_xtb_recipe_labels_with_gfn2(tmp_path):
