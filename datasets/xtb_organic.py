@@ -126,6 +126,11 @@ def starting_conformers(path: Path, name: str, count: int, seed: int) -> list[At
     return starts
 
 
+def trajectory_file(raw: Path, name: str, temperature: float, conformer: int) -> Path:
+    """The raw file of one trajectory (a regular or an extra conformer's)."""
+    return raw / name / f"{int(temperature)}K_c{conformer}.extxyz.gz"
+
+
 def trajectory_seed(seed: int, name: str, temperature: float, conformer: int) -> int:
     return seed * 100_003 + sorted(MOLECULES).index(name) * 1009 + int(temperature) * 7 + conformer
 
@@ -212,11 +217,11 @@ def main(argv=None):
     for name in args.molecules:
         for c, start in enumerate(starts[name]):
             for temperature in args.temperatures:
-                jobs[raw / name / f"{int(temperature)}K_c{c}.extxyz.gz"] = (run_trajectory, (name, start, temperature, c, args))
+                jobs[trajectory_file(raw, name, temperature, c)] = (run_trajectory, (name, start, temperature, c, args))
             jobs[raw / name / f"minimum_c{c}.extxyz.gz"] = (run_near_minimum, (name, start, c, args))
         for c, start in enumerate(extra_starts[name], start=args.conformers):
             for temperature in args.extra_temperatures:
-                jobs[raw / name / f"{int(temperature)}K_c{c}.extxyz.gz"] = (run_trajectory, (name, start, temperature, c, args))
+                jobs[trajectory_file(raw, name, temperature, c)] = (run_trajectory, (name, start, temperature, c, args))
     todo = {path: job for path, job in jobs.items() if not path.exists()}
     print(f"{len(jobs) - len(todo)} of {len(jobs)} trajectories already done; running {len(todo)}", flush=True)
     begin = time.perf_counter()
@@ -235,14 +240,14 @@ def main(argv=None):
             minima.append(near[0])
             parts["train"].extend(near)
             for t, temperature in enumerate(args.temperatures):
-                frames = read_frames(raw / name / f"{int(temperature)}K_c{c}.extxyz.gz")
+                frames = read_frames(trajectory_file(raw, name, temperature, c))
                 (tests if c == test_conformer(args, name, t) else training).append(frames)
         flat = [f for frames in training for f in frames]
         order = np.random.default_rng([args.seed, sorted(MOLECULES).index(name), 1]).permutation(len(flat))
         valid = set(order[:args.valid].tolist())
         parts["valid"].extend(flat[i] for i in sorted(valid))
         parts["train"].extend(f for i, f in enumerate(flat) if i not in valid)
-        extra = [read_frames(raw / name / f"{int(temperature)}K_c{c}.extxyz.gz")
+        extra = [read_frames(trajectory_file(raw, name, temperature, c))
                  for c in range(args.conformers, args.conformers + args.extra_conformers)
                  for temperature in args.extra_temperatures]
         parts["train"].extend(f for frames in extra for f in frames)  # after the draw: valid stays as it was
