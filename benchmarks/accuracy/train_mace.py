@@ -25,6 +25,11 @@ What it does:
    validation, epochs, validations, checkpoints) is measured separately from data
    loading/statistics before it and from the evaluation after it.  MACE's own
    train/valid error tables at the end are skipped (step 4 replaces them).
+   With ``--resume`` the run in WORK continues where it stopped (MACE's ``--restart_latest``:
+   from its latest checkpoint, i.e. its best validation so far with EMA weights, the optimizer
+   and learning-rate scheduler state; the EMA starts again from those weights) for what is left
+   of ``--budget-minutes`` after the training time of the earlier parts, so that a long budget
+   can be spent in several sessions; the result file then lists the parts and their sums.
 4. Evaluates the saved model on the test file with ``mace.calculators.MACECalculator``
    (float64, CPU, one structure at a time) and writes
    ``benchmarks/results/accuracy_mace_<name>.json``.
@@ -90,6 +95,12 @@ def parse_args(argv=None):
         "--overwrite",
         action="store_true",
         help="delete a previous MACE run in WORK/mace instead of refusing to start",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in WORK (MACE's --restart_latest) until the total training time of all "
+        "its parts reaches --budget-minutes; its accuracy_mace_<name>.json must exist",
     )
     p.add_argument(
         "--stress",
@@ -657,8 +668,8 @@ def main(argv=None) -> int:
 
     work = args.work.resolve()
     mace_dir = work / "mace"
+    out = args.results_dir / f"accuracy_mace_{args.name}.json"
     if args.evaluate_only:
-        out = args.results_dir / f"accuracy_mace_{args.name}.json"
         result = json.loads(out.read_text())
         paths = prepare_data(args.data.resolve(), work)
         test = evaluate_test(mace_dir / f"{args.name}.model", paths["test"], args.stress)
@@ -667,7 +678,21 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"[train_mace] re-evaluated the test file; wrote {out}", flush=True)
         return 0
-    if not args.count_only and mace_dir.exists():
+    previous = None
+    if args.resume:
+        if not (mace_dir / "checkpoints").is_dir() or not out.is_file():
+            print(f"error: --resume needs the earlier run's {mace_dir / 'checkpoints'} and {out}", file=sys.stderr)
+            return 2
+        previous = json.loads(out.read_text())
+        if previous.get("work_dir") != str(work):
+            print(f"error: {out} is of the run in {previous.get('work_dir')}, not {work}", file=sys.stderr)
+            return 2
+        left_s = 60.0 * args.budget_minutes - previous["training_wall_s"]
+        if left_s < 60.0:
+            print(f"error: {previous['training_wall_s'] / 60:.1f} min of the {args.budget_minutes:g}-minute budget "
+                  "are spent already", file=sys.stderr)
+            return 2
+    elif not args.count_only and mace_dir.exists():
         if not args.overwrite:
             print(
                 f"error: {mace_dir} exists (a previous run); pass --overwrite to delete it", file=sys.stderr
@@ -694,8 +719,11 @@ def main(argv=None) -> int:
         return 0
 
     margs = mace_arguments(args, paths, channels, mace_dir)
+    if previous is not None:
+        margs.append("--restart_latest")
     print("[train_mace] mace_run_train " + shlex.join(margs), flush=True)
-    budget, run_s = run_mace_training(margs, 60.0 * args.budget_minutes)
+    budget_s = 60.0 * args.budget_minutes - (previous["training_wall_s"] if previous else 0.0)
+    budget, run_s = run_mace_training(margs, budget_s)
     torch.set_num_threads(args.threads)
     summary = budget.summary()
     print(
@@ -705,8 +733,22 @@ def main(argv=None) -> int:
     )
 
     epoch_log = work / "train_mace_epochs.json"
+    log = {"validation_s": budget.eval_s, "epochs": budget.epoch_log()}
+    if previous is not None and epoch_log.is_file():  # the earlier parts' epochs first
+        earlier = json.loads(epoch_log.read_text())
+        log = {"validation_s": earlier["validation_s"] + log["validation_s"], "epochs": earlier["epochs"] + log["epochs"]}
     with open(epoch_log, "w") as f:
-        json.dump({"validation_s": budget.eval_s, "epochs": budget.epoch_log()}, f, indent=1)
+        json.dump(log, f, indent=1)
+    if previous is not None:  # totals over the parts; each part's own summary kept in "parts"
+        this_part = {**summary, "budget_s": budget_s, "command": command}
+        parts = previous.get("parts") or [{**{k: previous.get(k) for k in (*summary, "command")},
+                                           "budget_s": 60.0 * previous["budget_minutes"]}]
+        parts = parts + [this_part]
+        summary = {**summary,
+                   "training_wall_s": sum(part["training_wall_s"] for part in parts),
+                   "epochs_completed": round(sum(part["epochs_completed"] for part in parts), 4),
+                   "full_epochs": sum(part["full_epochs"] for part in parts),
+                   "optimizer_steps": sum(part["optimizer_steps"] for part in parts)}
 
     model_path = mace_dir / f"{args.name}.model"
     ckpts = sorted((mace_dir / "checkpoints").glob(f"{args.name}_run-{args.seed}_epoch-*.pt"))
@@ -768,6 +810,9 @@ def main(argv=None) -> int:
         },
         "budget_minutes": args.budget_minutes,
         **summary,
+        **({"parts": parts, "parts_note": "resumed with --resume (MACE's --restart_latest: from the latest "
+            "checkpoint, the best validation so far, EMA weights; optimizer and scheduler state kept)"}
+           if previous is not None else {}),
         "checkpoint_epoch": best_epoch,
         "checkpoint_note": "MACE keeps the best-validation-loss checkpoint (EMA weights): the one evaluated",
         "data_preparation_s": prep_s,
@@ -801,7 +846,6 @@ def main(argv=None) -> int:
         "model_file": str(model_path),
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / f"accuracy_mace_{args.name}.json"
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
