@@ -174,8 +174,9 @@ def _add_device_options(parser, default_dtype):
                         help="floating-point precision of the model (float32 is faster, float64 more exact)")
     parser.add_argument("--recompute", default="auto", choices=tuple(RECOMPUTE),
                         help="what the backward pass (forces) recomputes instead of keeping: less memory "
-                             "per atom for more time, the same numbers; 'blocks' for the largest systems (about a "
-                             "fifth less memory per atom), 'auto' = 'off': keep everything")
+                             "per atom for more time, the same numbers; 'auto': the convolutions' source products "
+                             "(cheap to redo), 'off': keep everything (fastest with wide features), 'blocks' for the "
+                             "largest systems (about a fifth less memory per atom)")
 
 
 def _add_model_options(parser, default_dtype):

@@ -50,9 +50,10 @@ class Predictor:
             0 rebuilds the neighbour list at every call. Batches never use it.
         neighbours: ``"auto"`` (the torch cell list on a GPU, matscipy on the CPU),
             ``"matscipy"`` or ``"torch"`` (see :func:`~e2former_calc.neighbours.neighbour_list`).
-        recompute: ``"auto"`` or False (keep everything), or ``"blocks"``: the backward pass
-            recomputes every block's activations instead of keeping them (less memory per atom,
-            more time, the same numbers), see :mod:`~e2former_calc.model.recompute`.
+        recompute: ``"auto"`` (the convolutions' source products are redone in the backward
+            pass), False (keep everything), or ``"blocks"``: the backward pass recomputes every
+            block's activations instead of keeping them (less memory per atom, more time, the
+            same numbers), see :mod:`~e2former_calc.model.recompute`.
         keep_freed_memory: on the CPU, raise glibc's mmap and trim thresholds for the process
             (:mod:`~e2former_calc.allocator`), so that large systems reuse freed memory instead
             of mapping fresh pages at every call; False leaves the allocator alone.

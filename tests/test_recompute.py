@@ -6,6 +6,7 @@ import torch
 from ase.build import bulk
 
 from e2former_calc import E2FormerCalculator
+from e2former_calc.conv.factorised import Wigner6jConvolution
 from e2former_calc.forces import ForceField
 from e2former_calc.graph import AtomGraph
 from e2former_calc.model import E2Former, E2FormerConfig
@@ -42,8 +43,8 @@ def _saved_bytes(fn):
 
 
 @pytest.mark.parametrize("stress", [False, True])
-def test_recomputing_gives_the_same_energy_forces_stress_and_second_derivatives(stress):
-    recompute = "blocks"
+@pytest.mark.parametrize("recompute", ["auto", "blocks"])
+def test_recomputing_gives_the_same_energy_forces_stress_and_second_derivatives(recompute, stress):
     field, graph = _frozen_field_and_graph(torch.float64)
     results = {}
     for mode in (False, recompute):
@@ -91,10 +92,14 @@ def _forward_with_positions(field, graph, **kwargs):
 def test_recomputing_keeps_less_for_the_backward_pass_and_only_with_frozen_weights():
     field, graph = _frozen_field_and_graph(torch.float32)
     kept = {}
-    for mode in (False, "blocks"):
+    for mode in (False, "auto", "blocks"):
         set_recompute(field, mode)
         kept[mode] = _saved_bytes(lambda: _forward_with_positions(field, graph))
     config = field.model.config
+    # auto: the convolutions' source products [U, C, K] are not kept (U >= atoms, K >= 4 per
+    # filter degree: at least 4 floats per atom and channel and convolution)
+    products = (1 + config.num_layers) * graph.positions.shape[0] * config.channels * 4 * 4
+    assert kept["auto"] <= kept[False] - products, (kept, products)
     # blocks: between the forward and the backward pass, per-atom features and the shared per-edge
     # inputs only (basis, species features, envelope, lengths: 8 + 2*8 + 2 floats per edge), no
     # per-edge activation of any block
@@ -107,7 +112,7 @@ def test_recomputing_keeps_less_for_the_backward_pass_and_only_with_frozen_weigh
     field.requires_grad_(True)
     kept_trainable = _saved_bytes(lambda: _forward_with_positions(field, graph))
     field.requires_grad_(False)
-    assert kept_trainable >= kept[False], (kept_trainable, kept)
+    assert kept_trainable >= kept["auto"], (kept_trainable, kept)
 
 
 def test_the_calculator_passes_recompute_on_and_refuses_nonsense():
@@ -117,6 +122,8 @@ def test_the_calculator_passes_recompute_on_and_refuses_nonsense():
     for mode in ("auto", False, "blocks"):
         calc = E2FormerCalculator.from_config("small", species=("Cu",), dtype="float64", recompute=mode, quiet=True)
         assert calc.predictor.model.recompute_blocks == (mode == "blocks")
+        convolutions = [m for m in calc.predictor.model.modules() if isinstance(m, Wigner6jConvolution)]
+        assert convolutions and all(m.recompute_products == (mode is not False) for m in convolutions)
         forces[mode] = calc.get_forces(atoms)
     np.testing.assert_allclose(forces[False], forces["auto"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(forces["blocks"], forces["auto"], rtol=0, atol=1e-12)

@@ -303,6 +303,36 @@ class EdgeAggregation(_LeanEdgeForm):
         """``out[e, c] = <values[source[e], c, :], target_values[target[e], c, :]>``: ``[E, C]``."""
         return self._from_canonical(_Trilinear.apply(self, "edge", values, target_values))
 
+    def of_products(self, x: torch.Tensor, rows: torch.Tensor, coupling: torch.Tensor, weights: torch.Tensor,
+                    columns: torch.Tensor | None = None, products: torch.Tensor | None = None) -> torch.Tensor:
+        """This aggregation of per-source tensor products ``values = (x[rows] @ coupling)[..., columns]``
+        that the backward pass recomputes instead of keeping them.
+
+        Same numbers and derivatives (of every order) as ``self(values, weights)`` with ``values``
+        made by those differentiable operations; what the backward pass keeps is ``x``
+        ``[N, C, D]``, ``coupling`` ``[U, D, K]`` and ``weights`` instead of the gathered ``x[rows]``
+        ``[U, C, D]`` and ``values`` ``[U, C, K_f]`` (``U``: the sources, several per atom), and it
+        redoes the gather and one batched product, cheap beside the edge stage.
+
+        Args:
+            x: ``[N, C, D]`` node features.
+            rows: ``[U]`` row of ``x`` of each source.
+            coupling: ``[U, D, K]`` per-source matrices.
+            weights: ``[E, C]``.
+            columns: ``[K_f]`` columns of the product to aggregate (None: all ``K``).
+            products: ``x[rows] @ coupling`` when the caller has it already (several ``columns``
+                of one product), used as given in the forward pass only.
+
+        Returns:
+            ``[n_targets, C, K_f]``.
+        """
+        self._check_weights(weights)
+        if products is None:
+            with torch.no_grad():
+                products = torch.bmm(x.index_select(0, rows), coupling)
+        values = products.detach() if columns is None else products.detach().index_select(2, columns)
+        return _ProductsAggregate.apply(self, x, rows, coupling, columns, self._to_canonical(weights), values)
+
     def _build_pattern(self, kind, group):
         C = self.channels
         if kind == "target":  # rows t*G + c, columns s*C + c
@@ -454,6 +484,43 @@ class _Trilinear(torch.autograd.Function):
             for n, slot in enumerate(slots)
         ]
         return None, None, *grads
+
+
+class _ProductsAggregate(torch.autograd.Function):
+    """``face "target"(w, P)`` with ``P = (x[rows] @ coupling)[..., columns]`` given in the forward
+    pass (``values``) and recomputed from ``x`` and ``coupling`` in the backward pass, whose
+    operations are differentiable, so that every order of derivative is available
+    (:meth:`EdgeAggregation.of_products`)."""
+
+    @staticmethod
+    def forward(ctx, form, x, rows, coupling, columns, weights, values):
+        ctx.save_for_backward(x, coupling, weights)
+        ctx.form, ctx.rows, ctx.columns = form, rows, columns
+        return form.face("target", weights, values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, coupling, weights = ctx.saved_tensors
+        form, rows, columns = ctx.form, ctx.rows, ctx.columns
+        need_x, need_coupling, need_weights = (ctx.needs_input_grad[i] for i in (1, 3, 5))
+        grad_x = grad_coupling = grad_weights = None
+        # one [U, C, K] tensor at a time: the gradient of the products, then the products themselves
+        gathered = x.index_select(0, rows) if need_coupling or need_weights else None  # [U, C, D]
+        if need_x or need_coupling:
+            grad_values = _Trilinear.apply(form, "source", weights, grad)  # [U, C, K_f]
+            if columns is not None:
+                grad_values = grad_values.new_zeros(*grad_values.shape[:2], coupling.shape[2]).index_add(
+                    2, columns, grad_values)
+            if need_x:
+                grad_x = scatter_sum(torch.bmm(grad_values, coupling.transpose(1, 2)), rows, x.shape[0])
+            if need_coupling:
+                grad_coupling = torch.bmm(gathered.transpose(1, 2), grad_values)
+            del grad_values
+        if need_weights:
+            products = torch.bmm(gathered, coupling)
+            values = products if columns is None else products.index_select(2, columns)
+            grad_weights = _Trilinear.apply(form, "edge", values, grad)
+        return None, grad_x, None, grad_coupling, None, grad_weights, None
 
 
 class _BlockCSR:

@@ -20,6 +20,8 @@ Components ``(l_in, lam, k)`` that feed no requested output are never computed.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..so3.coupling import addition_coefficient, recoupling_coefficients, wigner_3j
@@ -75,6 +77,12 @@ class Wigner6jConvolution(Convolution):
             are float64 or a filter degree is 2 or more (float32 would need blocks so small that
             float64 is faster, see the precision benchmark), else the features' dtype. The output
             always has the features' dtype.
+
+    ``recompute_products`` (default False; :func:`~e2former_calc.model.recompute.set_recompute`
+    sets it): the source products ``P = x[rows] @ coupling`` ``[U, C, K]`` are not kept for the
+    backward pass; the edge stage's backward pass redoes them
+    (:meth:`~e2former_calc.conv.aggregation.EdgeAggregation.of_products`): less memory, one more
+    batched product in the backward pass, the same numbers and derivatives of every order.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class Wigner6jConvolution(Convolution):
             raise ValueError(f"stage_dtype must be 'auto', torch.float32 or torch.float64, got {stage_dtype!r}")
         self.block_side = block_side if block_side in ("auto", None) else float(block_side)
         self.stage_dtype = stage_dtype
+        self.recompute_products = False
         self.max_lam = max(self.filter_degrees)
         in_slices = self.layout_in.slices()
 
@@ -187,8 +196,10 @@ class Wigner6jConvolution(Convolution):
         # stage 1: source tensor products, once per (atom, image, target block)
         s_source = solid_harmonics(self.max_lam, source_coords.to(dtype))  # [U, (lmax+1)^2]
         source = self.source_coupling.to(dtype)
-        coupling = (s_source @ source.flatten(1)).view(-1, *source.shape[1:])  # [U, dim_in, K]
-        p = torch.bmm(x.index_select(0, plan.source_atoms), coupling)  # [U, C, K]
+        source_coupling = (s_source @ source.flatten(1)).view(-1, *source.shape[1:])  # [U, dim_in, K]
+        recompute = self.recompute_products and torch.is_grad_enabled()
+        with torch.no_grad() if recompute else contextlib.nullcontext():
+            p = torch.bmm(x.index_select(0, plan.source_atoms), source_coupling)  # [U, C, K]
 
         s_target = solid_harmonics(self.max_lam, target_coords.to(dtype))  # [N, (fmax+1)^2]
         lengths = graph.lengths.to(dtype)  # [E]
@@ -196,12 +207,15 @@ class Wigner6jConvolution(Convolution):
         for f_index, f in enumerate(self.filter_degrees):
             columns = getattr(self, f"component_index_{f_index}")
             target = getattr(self, f"target_coupling_{f_index}").to(dtype)
-            p_f = p if columns.numel() == p.shape[-1] else p.index_select(2, columns)
             # stage 2: scalar-weighted sum over edges, w' = w / |r|^f
             weights = edge_weights[:, f_index, :]  # [E, C]
             if f:  # (no multiplication by 1 for f = 0: the backward pass would keep a copy of w)
                 weights = _DivideByLengthPower.apply(weights, lengths, f)
-            q = plan.aggregation(p_f, weights)  # [N, C, K_f]
+            selected = None if columns.numel() == p.shape[-1] else columns
+            if recompute:  # P kept by no one: the edge stage's backward pass redoes it
+                q = plan.aggregation.of_products(x, plan.source_atoms, source_coupling, weights, selected, p)
+            else:
+                q = plan.aggregation(p if selected is None else p.index_select(2, selected), weights)  # [N, C, K_f]
             # stage 3: target tensor products
             coupling = (s_target[:, : (f + 1) ** 2] @ target.flatten(1)).view(n_nodes, *target.shape[1:])
             outputs.append(torch.bmm(q, coupling))  # [N, C, dim of f's paths]

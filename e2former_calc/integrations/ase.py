@@ -37,9 +37,10 @@ class E2FormerCalculator(Calculator):
         quiet: do not print the one-line description of the loaded potential.
         neighbours: ``"auto"`` (a torch cell list on a GPU, matscipy on the CPU), ``"matscipy"``
             or ``"torch"``: who searches the neighbour list (the same pairs either way).
-        recompute: ``"auto"`` or False (keep everything), or ``"blocks"``: trade time for memory
-            per atom (every block's activations are recomputed in the backward pass, for about
-            one more forward pass; the same numbers).
+        recompute: ``"auto"`` (the convolutions' source products are redone in the backward
+            pass), False (keep everything), or ``"blocks"``: trade time for memory per atom
+            (every block's activations are recomputed in the backward pass, for about one more
+            forward pass); the same numbers (:mod:`~e2former_calc.model.recompute`).
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's
             thresholds, :mod:`~e2former_calc.allocator`): per-atom cost stays flat up to the
             largest systems; False leaves the allocator alone.

@@ -89,7 +89,8 @@ class E2FormerModel(ModelInterface):
         compute_stress: return ``stress`` (zero for systems that are not fully periodic).
         skin: Verlet skin in Å (see the module docstring); 0 (default) rebuilds the neighbour
             lists at every call.
-        recompute: ``"auto"`` or False (keep everything), or ``"blocks"``: what the backward
+        recompute: ``"auto"`` (the convolutions' source products), False (keep everything),
+            or ``"blocks"``: what the backward
             pass recomputes instead of keeping (:mod:`~e2former_calc.model.recompute`; the same
             numbers; ``"blocks"`` for the largest systems a device holds).
         keep_freed_memory: on the CPU, let the process reuse the memory a call freed (glibc's

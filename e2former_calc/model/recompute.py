@@ -9,18 +9,27 @@ derivatives of every order stay exact: the numbers are those of keeping, to roun
 * ``"blocks"``: every stage that reads edges -- the edge-degree embedding and each transformer
   block -- keeps only its input features ``[N, C, D]``; its per-edge activations exist for one
   stage at a time, while that stage's backward pass runs. Costs about one more forward pass;
-* ``False`` or ``"auto"`` (the default): keep everything (fastest). The radial networks keep
+* ``"auto"`` (the default): the convolutions' source products ``[U, C, K]`` (``U``: a few
+  sources per atom) are redone by the edge stage's backward pass instead of kept
+  (``Wigner6jConvolution.recompute_products``): one more batched product per convolution, a
+  sixth less kept per atom for the small preset, where it is no slower on this CPU; with wide
+  features (the medium preset, ``C = 96``) an MD step takes about a tenth longer for a fifth
+  less memory (docs/model.md);
+* ``False``: keep everything (fastest with wide features). The radial networks keep
   only ``dphi/dr`` ``[E, out]`` anyway where first derivatives are all that is taken
   (:class:`~e2former_calc.model.radial.RadialNetwork`).
 
-With trainable weights nothing is recomputed: the parameter gradients need the activations
-anyway.
+``"blocks"`` redoes the source products too, inside each stage's recomputation.
+
+With trainable weights the blocks are not recomputed: the parameter gradients need their
+activations anyway. The trainer does not call :func:`set_recompute`, so training keeps everything.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from ..conv.factorised import Wigner6jConvolution
 from .e2former import E2Former
 
 
@@ -33,3 +42,5 @@ def set_recompute(module: nn.Module, mode) -> None:
     for m in module.modules():
         if isinstance(m, E2Former):
             m.recompute_blocks = mode == "blocks"
+        if isinstance(m, Wigner6jConvolution):
+            m.recompute_products = mode is not False

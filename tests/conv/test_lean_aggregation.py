@@ -214,3 +214,42 @@ def test_edge_degree_embedding_equals_the_explicit_messages():
         results.append((h, forces, force_loss_grad))
     for a, b in zip(*results):
         assert _relative(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("columns", [None, [4, 0, 2]], ids=["all-columns", "some-columns"])
+@pytest.mark.parametrize("sorted_targets", [False, True], ids=["unsorted", "sorted"])
+def test_aggregation_of_products_equals_aggregating_the_products(grouping, sorted_targets, columns):
+    """``of_products`` (products recomputed in the backward pass) against the same products made by
+    differentiable operations and aggregated: values, first and second derivatives in x, the
+    per-source coupling and the weights, to 1e-12 in float64; and the products are not kept."""
+    sources, targets, _, weights, _ = _case(sorted_targets=sorted_targets)
+    gen = torch.Generator().manual_seed(3)
+    n_atoms, channels, dim, width = 4, 5, 3, 6
+    rows = torch.randint(0, n_atoms, (7,), generator=gen)  # the atom of each of the 7 sources
+    x0 = torch.randn(n_atoms, channels, dim, generator=gen, dtype=torch.float64)
+    coupling0 = torch.randn(7, dim, width, generator=gen, dtype=torch.float64)
+    columns = None if columns is None else torch.tensor(columns)
+    form = EdgeAggregation(sources, targets, 7, 6, channels)
+
+    def run(lean):
+        x, coupling, w = (t.clone().requires_grad_(True) for t in (x0, coupling0, weights))
+        if lean:
+            out = form.of_products(x, rows, coupling, w, columns)
+        else:
+            products = torch.bmm(x.index_select(0, rows), coupling)
+            out = form(products if columns is None else products.index_select(2, columns), w)
+        probe = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+        first = torch.autograd.grad((out * probe).sum(), (x, coupling, w), create_graph=True)
+        second = torch.autograd.grad(sum((g * g.detach().sin()).sum() for g in first), (x, coupling, w))
+        return (out, *first, *second)
+
+    for name, a, b in zip(("out", "d x", "d coupling", "d weights", "dd x", "dd coupling", "dd weights"),
+                          run(True), run(False)):
+        assert _relative(a, b) < 1e-12, name
+
+    kept = []
+    x, coupling, w = (t.clone().requires_grad_(True) for t in (x0, coupling0, weights))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):
+        form.of_products(x, rows, coupling, w, columns)
+    products_shape = (7, channels, width if columns is None else len(columns))
+    assert kept and products_shape not in kept and (7, channels, dim) not in kept  # neither products nor x[rows]
