@@ -345,6 +345,7 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
         if self._runtime is not None:
             return self._runtime
         from ..forces import ForceField
+        from ..model.recompute import set_recompute
         from ..model_file import load_model
 
         device = torch.device(self.device)
@@ -355,6 +356,7 @@ class E2FormerMLIAP(_MLIAPUnifiedBase):
         model.eval()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        set_recompute(model, "auto")  # as the other engines' default: source products redone, not kept
         lookup = np.full(len(ELEMENTS), -1, dtype=np.int64)  # ML-IAP element index (Z - 1) -> species
         for k, z in enumerate(model.atomic_numbers):
             lookup[z - 1] = k
