@@ -102,6 +102,10 @@ CARDS = {
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+
+#: the side-by-side result of E2Former trained from scratch at MACE's budget, by data set
+SAME_BUDGET = {"xtb-organic": "xtb-organic-same-budget", "emt-cu-diverse": "emt-cu-same-budget"}
+
 def fmt(v, digits=1):
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -179,6 +183,9 @@ def main(name: str) -> None:
     properties = json.loads(properties_path.read_text()) if properties_path.exists() else None
     mace_path = ROOT / "benchmarks" / "results" / f"accuracy_mace_{data}.json"
     mace = json.loads(mace_path.read_text()) if mace_path.exists() else None
+    same_budget_name = SAME_BUDGET.get(data)
+    same_budget_path = RESULTS / f"side_by_side_{same_budget_name}.json"
+    same_budget = json.loads(same_budget_path.read_text()) if same_budget_name and same_budget_path.exists() else None
     stability_path = ROOT / "benchmarks" / "results" / "md_stability.json"
     stability = json.loads(stability_path.read_text()) if stability_path.exists() else {}
     log_rows = list(csv.DictReader(open(ROOT / "potentials" / "training" / f"{name}.log.csv")))
@@ -210,6 +217,14 @@ def main(name: str) -> None:
                   f"{mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom on the independent split "
                   f"({'per kind of structure' if data.startswith('emt') else 'by molecule and temperature'}: "
                   f"`benchmarks/results/side_by_side_{data}.md`, docs/accuracy.md).", ""]
+    if mace and same_budget:
+        scratch = same_budget["errors"]["same-budget"]["all"]["forces_mae_meV_A"]
+        theirs = mace["test"]["overall"]["forces_mae"]
+        lines += [f"At MACE's budget, E2Former trained from scratch on the same training set "
+                  f"(`benchmarks/accuracy/e2former-{same_budget_name}.yaml`) reaches a force MAE of {scratch:.1f} meV/Å "
+                  f"on the independent split against MACE's {theirs:.1f}: at the same budget MACE's forces are "
+                  f"{'lower' if theirs < scratch else 'not lower'} (this file had a longer training; "
+                  f"`benchmarks/results/side_by_side_{same_budget_name}.md`).", ""]
     if properties:
         lines += ["## Properties against the labeller", "", "`python benchmarks/properties.py` (float64; "
                   "table with the previous potential: `benchmarks/results/properties.md`):", ""]
