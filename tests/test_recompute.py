@@ -89,7 +89,7 @@ def _forward_with_positions(field, graph, **kwargs):
     return field.model(graph.species, graph.with_geometry(positions).conv_graph(), **kwargs)
 
 
-def test_recomputing_keeps_less_for_the_backward_pass_and_only_with_frozen_weights():
+def test_recomputing_keeps_less_for_the_backward_pass_and_blocks_only_with_frozen_weights():
     field, graph = _frozen_field_and_graph(torch.float32)
     kept = {}
     for mode in (False, "auto", "blocks"):

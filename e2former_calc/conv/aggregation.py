@@ -504,22 +504,21 @@ class _ProductsAggregate(torch.autograd.Function):
         form, rows, columns = ctx.form, ctx.rows, ctx.columns
         need_x, need_coupling, need_weights = (ctx.needs_input_grad[i] for i in (1, 3, 5))
         grad_x = grad_coupling = grad_weights = None
-        # one [U, C, K] tensor at a time: the gradient of the products, then the products themselves
+        # only the aggregated columns of the coupling: [U, D, K_f]
+        selected = coupling if columns is None else coupling.index_select(2, columns)
+        # one [U, C, K_f] tensor at a time: the gradient of the products, then the products themselves
         gathered = x.index_select(0, rows) if need_coupling or need_weights else None  # [U, C, D]
         if need_x or need_coupling:
             grad_values = _Trilinear.apply(form, "source", weights, grad)  # [U, C, K_f]
-            if columns is not None:
-                grad_values = grad_values.new_zeros(*grad_values.shape[:2], coupling.shape[2]).index_add(
-                    2, columns, grad_values)
             if need_x:
-                grad_x = scatter_sum(torch.bmm(grad_values, coupling.transpose(1, 2)), rows, x.shape[0])
+                grad_x = scatter_sum(torch.bmm(grad_values, selected.transpose(1, 2)), rows, x.shape[0])
             if need_coupling:
-                grad_coupling = torch.bmm(gathered.transpose(1, 2), grad_values)
+                grad_coupling = torch.bmm(gathered.transpose(1, 2), grad_values)  # [U, D, K_f]
+                if columns is not None:
+                    grad_coupling = grad_coupling.new_zeros(coupling.shape).index_add(2, columns, grad_coupling)
             del grad_values
         if need_weights:
-            products = torch.bmm(gathered, coupling)
-            values = products if columns is None else products.index_select(2, columns)
-            grad_weights = _Trilinear.apply(form, "edge", values, grad)
+            grad_weights = _Trilinear.apply(form, "edge", torch.bmm(gathered, selected), grad)
         return None, grad_x, None, grad_coupling, None, grad_weights, None
 
 

@@ -1,17 +1,18 @@
 """Memory for time: what a backward pass with frozen weights recomputes instead of keeping.
 
-Forces and stress are one backward pass through the network; by default autograd keeps every
-activation it needs for it, most of them per edge. With frozen weights (inference: MD,
-relaxation, LAMMPS, torch-sim) parts of the forward pass can instead be re-run during the
-backward pass from their inputs (non-reentrant :func:`torch.utils.checkpoint.checkpoint`, so
-derivatives of every order stay exact: the numbers are those of keeping, to rounding):
+Forces and stress are one backward pass through the network; plain autograd keeps every
+activation it needs for it, most of them per edge. In inference (MD, relaxation, LAMMPS,
+torch-sim) parts of the forward pass are instead re-run during the backward pass from their
+inputs, with derivatives of every order exact (the numbers are those of keeping, to rounding):
 
-* ``"blocks"``: every stage that reads edges -- the edge-degree embedding and each transformer
-  block -- keeps only its input features ``[N, C, D]``; its per-edge activations exist for one
-  stage at a time, while that stage's backward pass runs. Costs about one more forward pass;
+* ``"blocks"``: with frozen weights, every stage that reads edges -- the edge-degree embedding
+  and each transformer block -- keeps only its input features ``[N, C, D]`` (non-reentrant
+  :func:`torch.utils.checkpoint.checkpoint`); its per-edge activations exist for one stage at a
+  time, while that stage's backward pass runs. Costs about one more forward pass;
 * ``"auto"`` (the default): the convolutions' source products ``[U, C, K]`` (``U``: a few
   sources per atom) are redone by the edge stage's backward pass instead of kept
-  (``Wigner6jConvolution.recompute_products``): one more batched product per convolution, a
+  (``Wigner6jConvolution.recompute_products``, a custom backward pass, whatever the weights):
+  one more batched product per filter degree and convolution, a
   sixth less kept per atom for the small preset, where it is no slower on this CPU; with wide
   features (the medium preset, ``C = 96``) an MD step takes about a tenth longer for a fifth
   less memory (docs/model.md);

@@ -209,6 +209,31 @@ def test_second_derivatives_match_the_reference():
         assert _relative(a, b) < 1e-10
 
 
+@pytest.mark.parametrize("periodic", [False, True], ids=["cluster", "periodic"])
+def test_source_products_redone_in_the_backward_pass_give_the_numbers_of_keeping_them(periodic):
+    """``recompute_products`` (several filter degrees: the edge stage aggregates column subsets of
+    one product) against keeping the products: outputs, first derivatives and the derivative of a
+    force-like first derivative, in the positions, the features and the weights, to 1e-12."""
+    graph = periodic_graph(*jittered_lattice(2), cutoff=3.0) if periodic else cluster_graph(n_atoms=8, seed=9)
+
+    def run(recompute):
+        conv = Wigner6jConvolution("0e + 1o + 2e", 3, (0, 1, 2), "0e + 1o + 2e", block_side=3.0)
+        conv.recompute_products = recompute
+        positions = graph.positions.detach().clone().requires_grad_(True)
+        g = ConvGraph.build(positions, graph.receivers, graph.senders, graph.shifts, graph.images)
+        x, w = (t.requires_grad_(True) for t in _inputs(conv, g))
+        weights = w * torch.cos(g.lengths)[:, None, None]  # depending on the lengths, as the model's do
+        out = conv(x, g, weights)
+        probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+        first = torch.autograd.grad((out * probe).sum(), (positions, x, w), create_graph=True)
+        second = torch.autograd.grad(first[0].pow(2).sum(), (positions, x, w))
+        return (out, *first, *second)
+
+    for name, a, b in zip(("out", "d pos", "d x", "d w", "dd pos", "dd x", "dd w"), run(True), run(False)):
+        assert _relative(a, b) < 1e-12, name
+        assert b.abs().max() > 1e-6, name  # not a comparison of zeros
+
+
 def test_bad_shapes_and_degrees_are_named():
     conv = Wigner6jConvolution("0e + 1o", 2, (1,), "0e + 1o")
     graph = cluster_graph(n_atoms=4, seed=0)
