@@ -1,29 +1,39 @@
-"""One prepared run on a GPU machine: the CUDA tests, the scaling table, a training step, MACE.
+"""One prepared run on a GPU machine: the CUDA tests, the scaling table, training, MACE.
 
-Meant for a lent GPU (one call, well under 8 minutes on one H200; every part has a time budget
-and the run stops adding sizes once its budget is spent):
+Meant for a lent GPU (one call, about 6 minutes on one H200; every part has a time budget and
+stops adding sizes once its budget is spent; the report is saved after every part, so a run
+stopped at its limit keeps what it finished, and an error in one part is recorded and the
+others still run):
 
-1. the CUDA tests (``tests/`` files that test on CUDA, ``-k "cuda or gpu"``), with their summary;
-2. fcc Cu (``e2former-emt-cu``), float32 then float64: one energy+forces call (neighbour list,
+1. the CUDA tests (``tests/`` files that test on CUDA, ``-k "cuda or gpu"``), with their summary
+   (the pytest output beside the report, ``cuda_tests.log``);
+2. the fused Triton edge kernels against the sparse products on the same GPU: forces in float64
+   (4,000 Cu atoms) and the time of an energy+forces call in float32 with each;
+3. fcc Cu (``e2former-emt-cu``), float32 then float64: one energy+forces call (neighbour list,
    plan, network) and one velocity-Verlet step with the 0.3 Å skin, from 4,000 atoms up by
    factors of about 2 to 1,000,188 atoms (63^3 cubic cells) or the largest that fits; per size
    the time per atom, atom·steps/s and peak GPU memory per atom (``max_memory_allocated``); an
    out-of-memory error ends that dtype's series and is recorded; then float32 with
-   ``recompute="blocks"`` at the largest sizes the default reached (about a fifth less
-   memory per atom);
-3. the neighbour search: the torch cell list on the GPU against matscipy on the CPU, by size;
-4. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
+   ``recompute="blocks"`` at the largest sizes the default reached;
+4. the neighbour search: the torch cell list on the GPU against matscipy on the CPU, by size;
+5. one training step (forces and stress in the loss, double backward) on a batch of 8 rattled
    108-atom Cu cells, float32 with and without TF32 and float64;
-5. MACE (``mace-torch`` with its ``cuequivariance`` acceleration when they import there) of about
+6. two whole epochs of the copper recipe through ``torchrun`` (NCCL), float64 at batch 4 and
+   float32 at batch 16;
+7. MACE (``mace-torch`` with its ``cuequivariance`` acceleration when they import there) of about
    the same size on the same cells, else the reason it did not run;
-6. torch-sim (when it imports): NVE steps of one large Cu cell through
+8. torch-sim (when it imports): NVE steps of one large Cu cell through
    :class:`~e2former_calc.integrations.torch_sim.E2FormerModel` with the 0.3 Å skin, float32,
-   sizes up as in 2 until its budget or memory ends, per size the step time and lists rebuilt.
+   sizes up as in 3 until its budget or memory ends, per size the step time and lists rebuilt.
 
     python benchmarks/gpu_check.py --output results/gpu_check.json       # on the GPU machine
     python benchmarks/gpu_check.py --cpu-smoke                            # here: the same code, tiny sizes
+    python benchmarks/gpu_check.py --render benchmarks/results/gpu_check.json   # its Markdown again
 
-Writes JSON (``--output``) and prints a Markdown table; ``docs/model.md`` quotes the numbers.
+On a machine that cannot fetch packages, carry ase, matscipy (and torch-sim, mace-torch with
+e3nn 0.4.4 on its own path: ``--mace-python python3 --mace-site DIR``) as wheels.
+
+Writes JSON (``--output``) and the same as Markdown beside it; ``docs/model.md`` quotes the numbers.
 """
 
 from __future__ import annotations
@@ -32,9 +42,11 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,16 +79,75 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def cuda_tests(budget: float) -> dict:
+def cuda_tests(budget: float, log: Path) -> dict:
+    """The tests that exercise CUDA (``-k "cuda or gpu"`` in the files that mention it); the
+    pytest output goes to ``log``, so a run stopped at its budget still says what passed."""
     files = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if "cuda" in p.read_text()]
     start = time.perf_counter()
-    try:
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-k", "cuda or gpu", *files], cwd=ROOT,
-                                capture_output=True, text=True, timeout=budget)
-        tail = result.stdout.strip().splitlines()[-8:]
-        return {"files": files, "returncode": result.returncode, "summary": tail, "seconds": time.perf_counter() - start}
-    except subprocess.TimeoutExpired:
-        return {"files": files, "error": f"over its {budget:.0f} s budget"}
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k",
+                                    "cuda or gpu", *files], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        try:
+            returncode = process.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            returncode = None
+    tail = log.read_text().strip().splitlines()[-12:]
+    report = {"files": files, "returncode": returncode, "summary": tail, "seconds": time.perf_counter() - start}
+    if returncode is None:
+        report["error"] = f"stopped at its {budget:.0f} s budget"
+    return report
+
+
+def edge_kernels(device, budget: float, check_repeat: int = 10, repeats=(10, 20, 32)) -> list[dict]:
+    """The fused Triton edge kernels against the sparse-product implementation on the same GPU:
+    largest force difference in float64 (4,000 Cu atoms) and the time of one energy+forces call
+    in float32 with each, by size until the budget."""
+    import numpy as np
+    import torch
+    from ase.build import bulk
+
+    from e2former_calc import E2FormerCalculator
+
+    def forces(atoms, dtype, kernel):
+        os.environ["E2FORMER_EDGE_KERNEL"] = kernel
+        try:
+            atoms.calc = E2FormerCalculator.from_pretrained("e2former-emt-cu", device=str(device), dtype=dtype,
+                                                            skin=0.0, quiet=True)
+            atoms.get_forces()  # first call: compilation, list, plan
+            atoms.positions += 1e-4
+            sync(device)
+            t0 = time.perf_counter()
+            f = atoms.get_forces()
+            sync(device)
+            return f, atoms.get_potential_energy(), time.perf_counter() - t0
+        finally:
+            atoms.calc = None
+            os.environ.pop("E2FORMER_EDGE_KERNEL", None)
+            reset_peak(device)
+
+    rows, start = [], time.perf_counter()
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(check_repeat)
+    atoms.rattle(0.05, seed=0)
+    f_t, e_t, _ = forces(atoms.copy(), "float64", "triton")
+    f_s, e_s, _ = forces(atoms.copy(), "float64", "torch")
+    rows.append({"n_atoms": len(atoms), "dtype": "float64", "max_force_difference_eV_A": float(np.abs(f_t - f_s).max()),
+                 "energy_difference_eV": abs(e_t - e_s)})
+    print(json.dumps(rows[-1]), flush=True)
+    for n in repeats:
+        if time.perf_counter() - start > budget:
+            break
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n)
+        atoms.rattle(0.05, seed=0)
+        row = {"n_atoms": len(atoms), "dtype": "float32"}
+        for kernel in ("triton", "torch"):
+            try:
+                row[f"{kernel}_call_s"] = forces(atoms.copy(), "float32", kernel)[2]
+            except torch.cuda.OutOfMemoryError:
+                row[f"{kernel}_call_s"] = None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def scaling(device, dtype: str, repeats, budget: float, md: bool = True, recompute="auto") -> list[dict]:
@@ -115,6 +186,8 @@ def scaling(device, dtype: str, repeats, budget: float, md: bool = True, recompu
             sync(device)
             row["call_s"] = time.perf_counter() - t0
             row["call_us_per_atom"] = 1e6 * row["call_s"] / len(atoms)
+            atoms.calc = calc = None
+            reset_peak(device)
             if md:
                 atoms.calc = E2FormerCalculator.from_pretrained("e2former-emt-cu", device=str(device), dtype=dtype,
                                                                 skin=SKIN, quiet=True, recompute=recompute)
@@ -129,6 +202,11 @@ def scaling(device, dtype: str, repeats, budget: float, md: bool = True, recompu
         except torch.cuda.OutOfMemoryError as error:
             row["error"] = f"out of memory ({str(error).splitlines()[0][:120]})"
             rows.append(row)
+            break
+        except Exception as error:  # recorded: the other series still run
+            row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
             break
         finally:
             atoms.calc = None
@@ -232,7 +310,6 @@ def training_step(device, smoke: bool) -> list[dict]:
     """Seconds per optimiser step (forces and stress in the loss) on 8 rattled 108-atom Cu cells."""
     import tempfile
 
-    import torch
     from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.io import write
@@ -280,10 +357,65 @@ def training_step(device, smoke: bool) -> list[dict]:
     return rows
 
 
+def training_epochs(device, smoke: bool, budget: float) -> list[dict]:
+    """Whole epochs through ``torchrun`` (one process, NCCL on a GPU, gloo on a CPU) of the copper
+    same-budget recipe (``benchmarks/accuracy/e2former-emt-cu-same-budget.yaml``, 2 epochs, no
+    second stage): float64 at its batch of 4, and float32 at a batch of 16. The epoch times
+    (``log.csv``'s ``time_s``) compare with the recipe's 2.6 min per epoch on one CPU thread."""
+    import tempfile
+
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "benchmarks" / "accuracy" / "e2former-emt-cu-same-budget.yaml").read_text())
+    for key in ("train", "valid"):
+        recipe["data"][key] = str(ROOT / recipe["data"][key])
+    folder, rows, start = Path(tempfile.mkdtemp()), [], time.perf_counter()
+    for dtype, batch in (("float64", 4), ("float32", 16)):
+        remaining = budget - (time.perf_counter() - start)
+        if remaining < 20:
+            rows.append({"dtype": dtype, "batch_size": batch, "error": "not run: time budget spent"})
+            break
+        training = {k: v for k, v in recipe["training"].items() if k not in ("second_stage", "max_time_minutes")}
+        training.update(device=device.type, dtype=dtype, batch_size=batch, max_epochs=1 if smoke else 2, threads=4)
+        name = f"{dtype}-batch{batch}"
+        data = dict(recipe["data"])
+        if smoke:  # a few frames: the same code, seconds
+            from ase.io import read, write
+
+            write(folder / "few.extxyz", read(data["train"], index=":12"))
+            data.update(train=str(folder / "few.extxyz"), valid=str(folder / "few.extxyz"), e0={"Cu": 0.0})
+        config = folder / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({**recipe, "data": data, "training": training,
+                                          "output": str(folder / name), "name": name}))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                   "-m", "e2former_calc", "train", "--quiet", str(config)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        t0 = time.perf_counter()
+        try:
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=remaining)
+        except subprocess.TimeoutExpired:
+            rows.append({"dtype": dtype, "batch_size": batch, "error": f"over the remaining {remaining:.0f} s"})
+            break
+        row = {"dtype": dtype, "batch_size": batch, "wall_s": time.perf_counter() - t0,
+               "returncode": result.returncode, "last_line": (result.stdout.strip().splitlines() or [""])[-1][:300]}
+        log = folder / name / "log.csv"
+        if log.exists():
+            lines = [line.split(",") for line in log.read_text().strip().splitlines()]
+            header = lines[0]
+            row["epochs"] = [{k: float(v) for k, v in zip(header, line) if k in
+                              ("epoch", "time_s", "valid_forces_mae", "valid_energy_per_atom_mae")} for line in lines[1:]]
+        else:
+            said = [line for line in result.stderr.splitlines() if "error" in line.lower()] or ["no log.csv"]
+            row["error"] = said[0][:300]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def mace_comparison(device, repeats, budget: float, python: str | None, site: str | None) -> dict:
     """MACE of about the size of e2former-emt-cu (``benchmarks/mace_speed.py``), in its own Python
     (``--mace-python``; mace-torch pins e3nn 0.4.4) or with its packages on ``--mace-site``."""
-    python = python or sys.executable
+    python = shutil.which(python or sys.executable) or python
     env = dict(os.environ)
     if site:
         env["PYTHONPATH"] = site
@@ -294,9 +426,9 @@ def mace_comparison(device, repeats, budget: float, python: str | None, site: st
     if device.type == "cuda":
         command.append("--cueq")
     try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=budget + 120)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=budget + 60)
     except subprocess.TimeoutExpired:
-        return {"error": f"over its {budget + 120:.0f} s limit"}
+        return {"error": f"over its {budget + 60:.0f} s limit"}
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 and not rows:
         return {"error": f"mace_speed.py failed: {(result.stderr.strip().splitlines() or ['?'])[-1][:300]}"}
@@ -324,6 +456,83 @@ def environment(device) -> dict:
     return info
 
 
+def _number(value, digits=2) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def render(report: dict) -> str:
+    """The report as Markdown tables (what ``docs/model.md`` quotes)."""
+    env = report.get("environment", {})
+    out = [f"# GPU check ({report.get('started', '?')})", "",
+           f"{env.get('gpu', env.get('device'))}, torch {env.get('torch')}, CUDA {env.get('cuda')}, "
+           f"Triton {env.get('triton')}, Python {env.get('python')}; edge stage: {env.get('edge_kernel')}; "
+           f"{report.get('seconds', 0):.0f} s in all. Written by `benchmarks/gpu_check.py`.", ""]
+    for note in report.get("notes", []):
+        out += [f"- {note}"]
+    tests = report.get("cuda_tests")
+    if isinstance(tests, dict):
+        out += ["", "## CUDA tests", "", f"`{' '.join(tests.get('files', []))}` with `-k 'cuda or gpu'`: "
+                f"{(tests.get('summary') or ['?'])[-1]}", ""]
+    kernels = report.get("edge_kernels")
+    if isinstance(kernels, list):
+        out += ["## Fused edge kernels (Triton) against the sparse products, same GPU", "",
+                "| atoms | dtype | max force difference (eV/Å) | Triton call (s) | sparse call (s) |", "|---|---|---|---|---|"]
+        for r in kernels:
+            out.append(f"| {r['n_atoms']:,} | {r['dtype']} | {r.get('max_force_difference_eV_A', '–')} | "
+                       f"{_number(r.get('triton_call_s'), 3)} | {_number(r.get('torch_call_s'), 3)} |")
+    scaling = report.get("scaling")
+    if isinstance(scaling, dict):
+        out += ["", "## Energy+forces call and MD step, fcc Cu, e2former-emt-cu", "",
+                "| atoms | series | call µs/atom | MD atom·steps/s | peak GPU memory KiB/atom | note |",
+                "|---|---|---|---|---|---|"]
+        for series, rows in scaling.items():
+            for r in rows if isinstance(rows, list) else []:
+                out.append(f"| {r['n_atoms']:,} | {series} | {_number(r.get('call_us_per_atom'))} | "
+                           f"{_number(r.get('md_atom_steps_per_s'), 0)} | {_number(r.get('peak_memory_kib_per_atom'), 1)} "
+                           f"| {r.get('error', '')[:80]} |")
+    neighbours = report.get("neighbours")
+    if isinstance(neighbours, list):
+        out += ["", "## Neighbour search (cutoff 5.3 Å)", "",
+                "| atoms | matscipy, CPU (s) | torch cell list, GPU (s) | same pair count |", "|---|---|---|---|"]
+        for r in neighbours:
+            out.append(f"| {r['n_atoms']:,} | {_number(r.get('matscipy_cpu_s'), 3)} | {_number(r.get('cell_list_s'), 4)} "
+                       f"| {r.get('pairs_equal_count', r.get('error'))} |")
+    training = report.get("training")
+    if isinstance(training, list):
+        out += ["", "## One training step (forces and stress in the loss), 8 rattled Cu cells", "",
+                "| dtype | TF32 | atoms per batch | step (s) |", "|---|---|---|---|"]
+        for r in training:
+            out.append(f"| {r['dtype']} | {r['tf32']} | {r['atoms_per_batch']} | {_number(r['step_s'], 3)} |")
+    epochs = report.get("training_epochs")
+    if isinstance(epochs, list):
+        out += ["", "## Whole epochs through torchrun, copper same-budget recipe", "",
+                "| dtype | batch | epoch times (s, cumulative) | valid force MAE (meV/Å) | note |", "|---|---|---|---|---|"]
+        for r in epochs:
+            rows = r.get("epochs", [])
+            out.append(f"| {r['dtype']} | {r['batch_size']} | {', '.join(_number(e['time_s'], 1) for e in rows)} | "
+                       f"{', '.join(_number(e.get('valid_forces_mae'), 1) for e in rows)} | {r.get('error', '')} |")
+    mace = report.get("mace")
+    if isinstance(mace, dict):
+        out += ["", "## MACE of the same size (mace-torch, ASE calculator)", ""]
+        if "error" in mace:
+            out.append(f"Not run: {mace['error']}")
+        else:
+            model = mace.get("model") or {}
+            out += [f"{model.get('parameters')} parameters, cuEquivariance: {model.get('cueq')}.", "",
+                    "| atoms | call µs/atom | peak GPU memory KiB/atom | note |", "|---|---|---|---|"]
+            for r in mace.get("rows", []):
+                out.append(f"| {r['n_atoms']:,} | {_number(r.get('call_us_per_atom'))} | "
+                           f"{_number(r.get('peak_memory_kib_per_atom'), 1)} | {r.get('error', '')} |")
+    sim = report.get("torch_sim")
+    if isinstance(sim, list):
+        out += ["", "## torch-sim NVE steps, float32", "", "| atoms | step (s) | atom·steps/s | lists rebuilt | note |",
+                "|---|---|---|---|---|"]
+        for r in sim:
+            out.append(f"| {r.get('n_atoms', 0):,} | {_number(r.get('step_s'), 3)} | {_number(r.get('atom_steps_per_s'), 0)} "
+                       f"| {r.get('rebuilds', '–')} | {r.get('error', '')} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="run every part on the CPU at tiny sizes")
@@ -332,44 +541,72 @@ def main(argv=None) -> int:
     default_mace = ROOT / "benchmarks" / "accuracy" / ".venv-mace" / "bin" / "python"
     parser.add_argument("--mace-python", default=str(default_mace), help="a Python with mace-torch")
     parser.add_argument("--mace-site", help="PYTHONPATH holding mace-torch and its e3nn 0.4.4 (carried wheels)")
+    parser.add_argument("--render", type=Path, help="only write the Markdown of this report (JSON) beside it")
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return 0
     sys.path.insert(0, str(ROOT))
     import torch
 
     if args.cpu_smoke:
-        device, repeats, budgets = torch.device("cpu"), REPEATS_SMOKE, {"tests": 60, "float32": 60, "float64": 60,
-                                                                          "blocks": 30, "mace": 30, "torch_sim": 30}
+        device, repeats, budgets = torch.device("cpu"), REPEATS_SMOKE, {
+            "tests": 60, "kernels": 0, "float32": 60, "float64": 60, "blocks": 30, "neighbours": 30, "epochs": 120,
+            "mace": 30, "torch_sim": 30}
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --cpu-smoke to check the script here", file=sys.stderr)
             return 2
-        device, repeats, budgets = torch.device("cuda"), REPEATS_GPU, {"tests": 90, "float32": 130, "float64": 80,
-                                                                         "blocks": 40, "mace": 55, "torch_sim": 40}
+        device, repeats, budgets = torch.device("cuda"), REPEATS_GPU, {
+            "tests": 60, "kernels": 20, "float32": 100, "float64": 40, "blocks": 30, "neighbours": 15, "epochs": 200,
+            "mace": 40, "torch_sim": 25}
     started = time.perf_counter()
-    report = {"environment": environment(device), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    report = {"environment": environment(device), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "budgets_s": budgets}
     print(json.dumps(report["environment"]), flush=True)
-    if not args.skip_tests:
-        report["cuda_tests"] = cuda_tests(budgets["tests"])
-    report["scaling"] = {dtype: scaling(device, dtype, repeats, budgets[dtype]) for dtype in ("float32", "float64")}
-    # recompute="blocks" from the largest float32 size the default reached (or ran out of memory at)
-    reached = [r["n_atoms"] for r in report["scaling"]["float32"] if "error" not in r or "memory" in r["error"]]
-    largest = [n for n in repeats if 4 * n**3 >= max(reached, default=0)][:3]
-    report["scaling"]["float32, recompute=blocks"] = scaling(device, "float32", largest, budgets["blocks"],
-                                                             recompute="blocks")
-    report["neighbours"] = neighbour_search(device, repeats, 30 if args.cpu_smoke else 40)
-    report["training"] = training_step(device, args.cpu_smoke)
-    report["mace"] = mace_comparison(device, repeats, budgets["mace"], args.mace_python, args.mace_site)
-    report["torch_sim"] = torch_sim_md(device, repeats, budgets["torch_sim"])
-    report["seconds"] = time.perf_counter() - started
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=1))
-    print("| atoms | dtype | call µs/atom | MD atom·steps/s | peak KiB/atom | note |\n|---|---|---|---|---|---|")
-    for series, rows in report["scaling"].items():
-        for r in rows:
-            print(f"| {r['n_atoms']:,} | {series} | {r.get('call_us_per_atom', float('nan')):.2f} | "
-                  f"{r.get('md_atom_steps_per_s', float('nan')):,.0f} | {r.get('peak_memory_kib_per_atom', float('nan')):.1f} "
-                  f"| {r.get('error', '')} |")
-    print(f"wrote {args.output} ({report['seconds']:.0f} s)")
+
+    def section(name, run):
+        """One part: its result, or the error that stopped it; the report is saved after each part
+        (a run stopped at its time limit keeps what it finished)."""
+        t0 = time.perf_counter()
+        print(f"## {name}", flush=True)
+        try:
+            report[name] = run()
+        except Exception as error:  # the other parts still run
+            report[name] = {"error": f"{type(error).__name__}: {error}"[:600],
+                            "traceback": traceback.format_exc().splitlines()[-6:]}
+            print(json.dumps(report[name]), flush=True)
+        report.setdefault("section_seconds", {})[name] = time.perf_counter() - t0
+        report["seconds"] = time.perf_counter() - started
+        args.output.write_text(json.dumps(report, indent=1))
+
+    if not args.skip_tests:
+        section("cuda_tests", lambda: cuda_tests(budgets["tests"], args.output.with_name("cuda_tests.log")))
+    if device.type == "cuda":
+        section("edge_kernels", lambda: edge_kernels(device, budgets["kernels"]))
+    report["scaling"] = {}
+    for dtype in ("float32", "float64"):
+        section("scaling", lambda dtype=dtype: {**report["scaling"],
+                                                dtype: scaling(device, dtype, repeats, budgets[dtype])})
+
+    def blocks():
+        # recompute="blocks" from the largest float32 size the default reached (or ran out of memory at)
+        reached = [r["n_atoms"] for r in report["scaling"].get("float32", [])
+                   if "error" not in r or "memory" in r["error"]]
+        largest = [n for n in repeats if 4 * n**3 >= max(reached, default=0)][:3]
+        return {**report["scaling"],
+                "float32, recompute=blocks": scaling(device, "float32", largest, budgets["blocks"], recompute="blocks")}
+
+    section("scaling", blocks)
+    section("neighbours", lambda: neighbour_search(device, repeats, budgets["neighbours"]))
+    section("training", lambda: training_step(device, args.cpu_smoke))
+    section("training_epochs", lambda: training_epochs(device, args.cpu_smoke, budgets["epochs"]))
+    section("mace", lambda: mace_comparison(device, repeats, budgets["mace"], args.mace_python, args.mace_site))
+    section("torch_sim", lambda: torch_sim_md(device, repeats, budgets["torch_sim"]))
+    markdown = render(report)
+    args.output.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {args.output} and its .md ({report['seconds']:.0f} s)")
     return 0
 
 

@@ -96,7 +96,10 @@ def main(argv=None) -> int:
                 row["peak_memory_kib_per_atom"] = (torch.cuda.max_memory_allocated(device) - base) / 1024 / len(atoms)
             row["call_s"] = time.perf_counter() - t0
             row["call_us_per_atom"] = 1e6 * row["call_s"] / len(atoms)
-        except torch.cuda.OutOfMemoryError:
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+            # MACE's TorchScript model raises a plain RuntimeError when CUDA runs out of memory
+            if not isinstance(error, torch.cuda.OutOfMemoryError) and "out of memory" not in str(error):
+                raise
             row["error"] = "out of memory"
             print(json.dumps(row), flush=True)
             break

@@ -200,7 +200,7 @@ def test_changed_settings_refuse_to_resume(copper_data, tmp_path):
 
 
 def _final_weights(output):
-    content = torch.load(Path(output) / "checkpoint.pt", weights_only=True)
+    content = torch.load(Path(output) / "checkpoint.pt", map_location="cpu", weights_only=True)
     return content["model"], content["epoch"]
 
 
@@ -295,7 +295,8 @@ def test_training_on_a_gpu_matches_the_cpu(copper_data, tmp_path):
         Trainer(parse_config(yaml.safe_load(path.read_text())), progress=False, log=lambda m: None).run()
         runs[device], _ = _final_weights(tmp_path / device)
     for key in runs["cpu"]:
-        torch.testing.assert_close(runs["cuda"][key], runs["cpu"][key], rtol=1e-7, atol=1e-9, msg=key)
+        torch.testing.assert_close(runs["cuda"][key], runs["cpu"][key], rtol=1e-7, atol=1e-9,
+                                   msg=lambda message, key=key: f"{key}: {message}")
 
 
 def test_a_second_stage_raises_the_energy_weight_and_picks_its_own_best_epoch(copper_data, tmp_path):
