@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -79,18 +80,35 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def stop(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """End ``process`` and everything it started in its session (``start_new_session=True``):
+    SIGTERM (torchrun passes it on to its workers), then SIGKILL after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def cuda_tests(budget: float, log: Path) -> dict:
     """The tests that exercise CUDA (``-k "cuda or gpu"`` in the files that mention it); the
     pytest output goes to ``log``, so a run stopped at its budget still says what passed."""
-    files = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if "cuda" in p.read_text()]
+    files = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").rglob("test_*.py"))
+             if "cuda" in p.read_text() and p.name != "test_gpu_check.py"]  # not this script's own CPU smoke test
     start = time.perf_counter()
     with open(log, "w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k",
-                                    "cuda or gpu", *files], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, text=True)
+                                    "cuda or gpu", *files], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
         try:
             returncode = process.wait(timeout=budget)
         except subprocess.TimeoutExpired:
-            process.kill()
+            stop(process)
             returncode = None
     tail = log.read_text().strip().splitlines()[-12:]
     report = {"files": files, "returncode": returncode, "summary": tail, "seconds": time.perf_counter() - start}
@@ -109,6 +127,8 @@ def edge_kernels(device, budget: float, check_repeat: int = 10, repeats=(10, 20,
 
     from e2former_calc import E2FormerCalculator
 
+    before = os.environ.get("E2FORMER_EDGE_KERNEL")
+
     def forces(atoms, dtype, kernel):
         os.environ["E2FORMER_EDGE_KERNEL"] = kernel
         try:
@@ -123,7 +143,10 @@ def edge_kernels(device, budget: float, check_repeat: int = 10, repeats=(10, 20,
             return f, atoms.get_potential_energy(), time.perf_counter() - t0
         finally:
             atoms.calc = None
-            os.environ.pop("E2FORMER_EDGE_KERNEL", None)
+            if before is None:
+                os.environ.pop("E2FORMER_EDGE_KERNEL", None)
+            else:
+                os.environ["E2FORMER_EDGE_KERNEL"] = before
             reset_peak(device)
 
     rows, start = [], time.perf_counter()
@@ -310,14 +333,18 @@ def training_step(device, smoke: bool) -> list[dict]:
     """Seconds per optimiser step (forces and stress in the loss) on 8 rattled 108-atom Cu cells."""
     import tempfile
 
+    from e2former_calc.training.config import parse_config
+    from e2former_calc.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as name:
+        return _training_steps(device, smoke, Path(name), parse_config, Trainer)
+
+
+def _training_steps(device, smoke, folder, parse_config, Trainer) -> list[dict]:
     from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.io import write
 
-    from e2former_calc.training.config import parse_config
-    from e2former_calc.training.trainer import Trainer
-
-    folder = Path(tempfile.mkdtemp())
     frames = []
     for k in range(8):
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2 if smoke else 3)
@@ -352,7 +379,7 @@ def training_step(device, smoke: bool) -> list[dict]:
             sync(device)
             times.append(time.perf_counter() - t0)
         rows.append({"dtype": dtype, "tf32": tf32, "atoms_per_batch": counts["atoms"], "first_step_s": times[0],
-                     "step_s": sorted(times[1:])[0]})
+                     "step_s": min(times[1:])})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -369,14 +396,21 @@ def training_epochs(device, smoke: bool, budget: float) -> list[dict]:
     recipe = yaml.safe_load((ROOT / "benchmarks" / "accuracy" / "e2former-emt-cu-same-budget.yaml").read_text())
     for key in ("train", "valid"):
         recipe["data"][key] = str(ROOT / recipe["data"][key])
-    folder, rows, start = Path(tempfile.mkdtemp()), [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as name:
+        return _epochs(device, smoke, budget, recipe, Path(name), yaml)
+
+
+def _epochs(device, smoke, budget, recipe, folder, yaml) -> list[dict]:
+    rows, start = [], time.perf_counter()
     for dtype, batch in (("float64", 4), ("float32", 16)):
         remaining = budget - (time.perf_counter() - start)
         if remaining < 20:
             rows.append({"dtype": dtype, "batch_size": batch, "error": "not run: time budget spent"})
             break
-        training = {k: v for k, v in recipe["training"].items() if k not in ("second_stage", "max_time_minutes")}
-        training.update(device=device.type, dtype=dtype, batch_size=batch, max_epochs=1 if smoke else 2, threads=4)
+        training = {k: v for k, v in recipe["training"].items() if k != "second_stage"}
+        # the trainer stops itself inside the budget (a killed launcher would leave its worker running)
+        training.update(device=device.type, dtype=dtype, batch_size=batch, max_epochs=1 if smoke else 2, threads=4,
+                        max_time_minutes=max(remaining - 30, 5) / 60)
         name = f"{dtype}-batch{batch}"
         data = dict(recipe["data"])
         if smoke:  # a few frames: the same code, seconds
@@ -391,21 +425,24 @@ def training_epochs(device, smoke: bool, budget: float) -> list[dict]:
                    "-m", "e2former_calc", "train", "--quiet", str(config)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         t0 = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=env, start_new_session=True)
         try:
-            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=remaining)
+            stdout, stderr = process.communicate(timeout=remaining)
         except subprocess.TimeoutExpired:
+            stop(process)
             rows.append({"dtype": dtype, "batch_size": batch, "error": f"over the remaining {remaining:.0f} s"})
             break
         row = {"dtype": dtype, "batch_size": batch, "wall_s": time.perf_counter() - t0,
-               "returncode": result.returncode, "last_line": (result.stdout.strip().splitlines() or [""])[-1][:300]}
+               "returncode": process.returncode, "last_line": (stdout.strip().splitlines() or [""])[-1][:300]}
         log = folder / name / "log.csv"
         if log.exists():
             lines = [line.split(",") for line in log.read_text().strip().splitlines()]
             header = lines[0]
             row["epochs"] = [{k: float(v) for k, v in zip(header, line) if k in
                               ("epoch", "time_s", "valid_forces_mae", "valid_energy_per_atom_mae")} for line in lines[1:]]
-        else:
-            said = [line for line in result.stderr.splitlines() if "error" in line.lower()] or ["no log.csv"]
+        if process.returncode != 0 or not log.exists():
+            said = [line for line in stderr.splitlines() if "error" in line.lower()] or [f"exit {process.returncode}"]
             row["error"] = said[0][:300]
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -430,9 +467,13 @@ def mace_comparison(device, repeats, budget: float, python: str | None, site: st
     except subprocess.TimeoutExpired:
         return {"error": f"over its {budget + 60:.0f} s limit"}
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    failed = f"mace_speed.py exited {result.returncode}: {(result.stderr.strip().splitlines() or ['?'])[-1][:300]}"
     if result.returncode != 0 and not rows:
-        return {"error": f"mace_speed.py failed: {(result.stderr.strip().splitlines() or ['?'])[-1][:300]}"}
-    return {"model": rows[0] if rows else None, "rows": rows[1:]}
+        return {"error": failed}
+    report = {"model": rows[0] if rows else None, "rows": rows[1:]}
+    if result.returncode != 0:
+        report["stopped"] = failed
+    return report
 
 
 def environment(device) -> dict:
@@ -469,6 +510,12 @@ def render(report: dict) -> str:
            f"{report.get('seconds', 0):.0f} s in all. Written by `benchmarks/gpu_check.py`.", ""]
     for note in report.get("notes", []):
         out += [f"- {note}"]
+    failed = [(name, value["error"]) for name, value in report.items() if isinstance(value, dict) and "error" in value
+              and name != "mace"]
+    failed += [(f"scaling, {series}", rows["error"]) for series, rows in (report.get("scaling") or {}).items()
+               if isinstance(rows, dict) and "error" in rows]
+    if failed:
+        out += ["", "## Parts that failed", ""] + [f"- {name}: {error}" for name, error in failed]
     tests = report.get("cuda_tests")
     if isinstance(tests, dict):
         out += ["", "## CUDA tests", "", f"`{' '.join(tests.get('files', []))}` with `-k 'cuda or gpu'`: "
@@ -522,7 +569,9 @@ def render(report: dict) -> str:
                     "| atoms | call µs/atom | peak GPU memory KiB/atom | note |", "|---|---|---|---|"]
             for r in mace.get("rows", []):
                 out.append(f"| {r['n_atoms']:,} | {_number(r.get('call_us_per_atom'))} | "
-                           f"{_number(r.get('peak_memory_kib_per_atom'), 1)} | {r.get('error', '')} |")
+                           f"{_number(r.get('peak_memory_kib_per_atom'), 1)} | {r.get('error', r.get('note', ''))} |")
+            if "stopped" in mace:
+                out += ["", f"Stopped: {mace['stopped']}"]
     sim = report.get("torch_sim")
     if isinstance(sim, list):
         out += ["", "## torch-sim NVE steps, float32", "", "| atoms | step (s) | atom·steps/s | lists rebuilt | note |",
@@ -565,18 +614,21 @@ def main(argv=None) -> int:
     print(json.dumps(report["environment"]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
 
-    def section(name, run):
-        """One part: its result, or the error that stopped it; the report is saved after each part
-        (a run stopped at its time limit keeps what it finished)."""
+    def section(name, run, series=None):
+        """One part (``series``: one series of the scaling part): its result, or the error that
+        stopped it, in its own slot; the report is saved after each part (a run stopped at its time
+        limit keeps what it finished)."""
         t0 = time.perf_counter()
-        print(f"## {name}", flush=True)
+        print(f"## {name}{f' ({series})' if series else ''}", flush=True)
+        slot, key = (report, name) if series is None else (report.setdefault(name, {}), series)
         try:
-            report[name] = run()
+            slot[key] = run()
         except Exception as error:  # the other parts still run
-            report[name] = {"error": f"{type(error).__name__}: {error}"[:600],
-                            "traceback": traceback.format_exc().splitlines()[-6:]}
-            print(json.dumps(report[name]), flush=True)
-        report.setdefault("section_seconds", {})[name] = time.perf_counter() - t0
+            slot[key] = {"error": f"{type(error).__name__}: {error}"[:600],
+                         "traceback": traceback.format_exc().splitlines()[-6:]}
+            print(json.dumps(slot[key]), flush=True)
+        times = report.setdefault("section_seconds", {})
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
         report["seconds"] = time.perf_counter() - started
         args.output.write_text(json.dumps(report, indent=1))
 
@@ -584,20 +636,18 @@ def main(argv=None) -> int:
         section("cuda_tests", lambda: cuda_tests(budgets["tests"], args.output.with_name("cuda_tests.log")))
     if device.type == "cuda":
         section("edge_kernels", lambda: edge_kernels(device, budgets["kernels"]))
-    report["scaling"] = {}
     for dtype in ("float32", "float64"):
-        section("scaling", lambda dtype=dtype: {**report["scaling"],
-                                                dtype: scaling(device, dtype, repeats, budgets[dtype])})
+        section("scaling", lambda dtype=dtype: scaling(device, dtype, repeats, budgets[dtype]), series=dtype)
 
     def blocks():
         # recompute="blocks" from the largest float32 size the default reached (or ran out of memory at)
-        reached = [r["n_atoms"] for r in report["scaling"].get("float32", [])
+        default = report["scaling"].get("float32")
+        reached = [r["n_atoms"] for r in (default if isinstance(default, list) else [])
                    if "error" not in r or "memory" in r["error"]]
         largest = [n for n in repeats if 4 * n**3 >= max(reached, default=0)][:3]
-        return {**report["scaling"],
-                "float32, recompute=blocks": scaling(device, "float32", largest, budgets["blocks"], recompute="blocks")}
+        return scaling(device, "float32", largest, budgets["blocks"], recompute="blocks")
 
-    section("scaling", blocks)
+    section("scaling", blocks, series="float32, recompute=blocks")
     section("neighbours", lambda: neighbour_search(device, repeats, budgets["neighbours"]))
     section("training", lambda: training_step(device, args.cpu_smoke))
     section("training_epochs", lambda: training_epochs(device, args.cpu_smoke, budgets["epochs"]))

@@ -2,7 +2,8 @@
 
 Each tree runs with its own package and its own shipped potential file (an old tree may not read
 a newer file), default calculator settings, ``dtype="float32"`` on the CPU. Per size and repeat,
-one fresh process per tree, the trees alternating (so a machine's drift hits both alike):
+one fresh process per tree, the trees alternating, the earlier tree first on even repeats and
+second on odd ones (so a machine's drift hits both alike):
 
 - the peak memory one energy+forces call adds (``VmHWM`` after the call minus before it) per atom;
 - the time of a second call (positions moved by 1e-3 Å) per atom;
@@ -12,8 +13,10 @@ one fresh process per tree, the trees alternating (so a machine's drift hits bot
     python benchmarks/versus_commit.py --commit cb03931 --sizes 6 10 14 --repeats 3 --threads 1 \\
         --output benchmarks/results/versus_cb03931
 
-Writes ``OUTPUT.json`` (every process's numbers) and ``OUTPUT.md`` (medians, then/now ratios).
-The earlier commit is checked out with ``git worktree`` into a temporary folder, removed after.
+Writes ``OUTPUT.json`` (every process's numbers, rewritten after each process) and ``OUTPUT.md``
+(medians, then/now ratios). The earlier commit is checked out with ``git worktree`` into a
+temporary folder, removed after (also on Ctrl-C or SIGTERM). "Now" is the working tree, labelled
+with HEAD's hash and "+changes" when it differs from HEAD.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -100,26 +104,33 @@ def main(argv=None) -> int:
                           check=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", args.commit], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
-    folder = Path(tempfile.mkdtemp()) / commit
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    head += "+changes" if changed else ""
+    scratch = tempfile.TemporaryDirectory()
+    folder = Path(scratch.name) / commit
     subprocess.run(["git", "worktree", "add", "--detach", "-f", str(folder), commit], cwd=ROOT, check=True,
                    capture_output=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through the finally below
     rows = []
+    report = {"then": commit, "now": head, "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M"),
+              "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "rows": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     try:
         for n in args.sizes:
             repeats = args.largest_repeats if n == max(args.sizes) and args.largest_repeats else args.repeats
             for repeat in range(repeats):
-                for tree, path in (("then", folder), ("now", ROOT)):
+                order = (("then", folder), ("now", ROOT))
+                for tree, path in order if repeat % 2 == 0 else order[::-1]:
                     t0 = time.perf_counter()
                     row = {"tree": tree, "repeat": repeat, "threads": args.threads, **measure(path, n, args.threads)}
                     rows.append(row)
+                    args.output.with_suffix(".json").write_text(json.dumps(report, indent=1))
                     print(f"{tree} {row['n_atoms']} atoms, repeat {repeat}: {time.perf_counter() - t0:.0f} s",
                           json.dumps({k: round(row[k], 1) for k in KEYS}), flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT, check=False)
-    report = {"then": commit, "now": head, "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M"),
-              "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "rows": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(report, indent=1))
+        scratch.cleanup()
     markdown = table(rows, commit, head)
     args.output.with_suffix(".md").write_text(markdown)
     print(markdown)

@@ -29,8 +29,8 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     epochs = report["training_epochs"]
     assert [r["returncode"] for r in epochs] == [0, 0] and all(len(r["epochs"]) == 1 for r in epochs), epochs
     assert all("error" not in r for r in report["torch_sim"]) or "not importable" in report["torch_sim"][0]["error"]
-    # MACE is not in this environment: the reason is recorded, the run goes on
-    assert "error" in report["mace"]
+    # MACE (its own environment: mace-torch pins e3nn 0.4.4) ran, or the reason it did not is recorded
+    assert "error" in report["mace"] or report["mace"]["rows"]
     assert output.with_suffix(".md").read_text() == gpu_check.render(report)
 
 
