@@ -104,7 +104,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 #: the side-by-side result of E2Former trained from scratch at MACE's budget, by data set
-SAME_BUDGET = {"xtb-organic": "xtb-organic-same-budget", "emt-cu-diverse": "emt-cu-same-budget"}
+SAME_BUDGET = {"xtb-organic": "xtb-organic-same-budget-132min", "emt-cu-diverse": "emt-cu-same-budget"}
 
 def fmt(v, digits=1):
     return "–" if v is None else f"{v:.{digits}f}"
