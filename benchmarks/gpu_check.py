@@ -333,17 +333,17 @@ def training_step(device, smoke: bool) -> list[dict]:
     """Seconds per optimiser step (forces and stress in the loss) on 8 rattled 108-atom Cu cells."""
     import tempfile
 
-    from e2former_calc.training.config import parse_config
-    from e2former_calc.training.trainer import Trainer
-
     with tempfile.TemporaryDirectory() as name:
-        return _training_steps(device, smoke, Path(name), parse_config, Trainer)
+        return _training_steps(device, smoke, Path(name))
 
 
-def _training_steps(device, smoke, folder, parse_config, Trainer) -> list[dict]:
+def _training_steps(device, smoke: bool, folder: Path) -> list[dict]:
     from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.io import write
+
+    from e2former_calc.training.config import parse_config
+    from e2former_calc.training.trainer import Trainer
 
     frames = []
     for k in range(8):
@@ -397,10 +397,12 @@ def training_epochs(device, smoke: bool, budget: float) -> list[dict]:
     for key in ("train", "valid"):
         recipe["data"][key] = str(ROOT / recipe["data"][key])
     with tempfile.TemporaryDirectory() as name:
-        return _epochs(device, smoke, budget, recipe, Path(name), yaml)
+        return _epochs(device, smoke, budget, recipe, Path(name))
 
 
-def _epochs(device, smoke, budget, recipe, folder, yaml) -> list[dict]:
+def _epochs(device, smoke: bool, budget: float, recipe: dict, folder: Path) -> list[dict]:
+    import yaml
+
     rows, start = [], time.perf_counter()
     for dtype, batch in (("float64", 4), ("float32", 16)):
         remaining = budget - (time.perf_counter() - start)
@@ -501,6 +503,13 @@ def _number(value, digits=2) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _table(title, columns, rows) -> list[str]:
+    """Markdown lines of one table (under a ``## title`` when given)."""
+    head = ["", f"## {title}"] if title else []
+    return [*head, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(map(str, cells)) + " |" for cells in rows)]
+
+
 def render(report: dict) -> str:
     """The report as Markdown tables (what ``docs/model.md`` quotes)."""
     env = report.get("environment", {})
@@ -519,45 +528,35 @@ def render(report: dict) -> str:
     tests = report.get("cuda_tests")
     if isinstance(tests, dict):
         out += ["", "## CUDA tests", "", f"`{' '.join(tests.get('files', []))}` with `-k 'cuda or gpu'`: "
-                f"{(tests.get('summary') or ['?'])[-1]}", ""]
-    kernels = report.get("edge_kernels")
-    if isinstance(kernels, list):
-        out += ["## Fused edge kernels (Triton) against the sparse products, same GPU", "",
-                "| atoms | dtype | max force difference (eV/Å) | Triton call (s) | sparse call (s) |", "|---|---|---|---|---|"]
-        for r in kernels:
-            out.append(f"| {r['n_atoms']:,} | {r['dtype']} | {r.get('max_force_difference_eV_A', '–')} | "
-                       f"{_number(r.get('triton_call_s'), 3)} | {_number(r.get('torch_call_s'), 3)} |")
-    scaling = report.get("scaling")
-    if isinstance(scaling, dict):
-        out += ["", "## Energy+forces call and MD step, fcc Cu, e2former-emt-cu", "",
-                "| atoms | series | call µs/atom | MD atom·steps/s | peak GPU memory KiB/atom | note |",
-                "|---|---|---|---|---|---|"]
-        for series, rows in scaling.items():
-            for r in rows if isinstance(rows, list) else []:
-                out.append(f"| {r['n_atoms']:,} | {series} | {_number(r.get('call_us_per_atom'))} | "
-                           f"{_number(r.get('md_atom_steps_per_s'), 0)} | {_number(r.get('peak_memory_kib_per_atom'), 1)} "
-                           f"| {r.get('error', '')[:80]} |")
-    neighbours = report.get("neighbours")
-    if isinstance(neighbours, list):
-        out += ["", "## Neighbour search (cutoff 5.3 Å)", "",
-                "| atoms | matscipy, CPU (s) | torch cell list, GPU (s) | same pair count |", "|---|---|---|---|"]
-        for r in neighbours:
-            out.append(f"| {r['n_atoms']:,} | {_number(r.get('matscipy_cpu_s'), 3)} | {_number(r.get('cell_list_s'), 4)} "
-                       f"| {r.get('pairs_equal_count', r.get('error'))} |")
-    training = report.get("training")
-    if isinstance(training, list):
-        out += ["", "## One training step (forces and stress in the loss), 8 rattled Cu cells", "",
-                "| dtype | TF32 | atoms per batch | step (s) |", "|---|---|---|---|"]
-        for r in training:
-            out.append(f"| {r['dtype']} | {r['tf32']} | {r['atoms_per_batch']} | {_number(r['step_s'], 3)} |")
-    epochs = report.get("training_epochs")
-    if isinstance(epochs, list):
-        out += ["", "## Whole epochs through torchrun, copper same-budget recipe", "",
-                "| dtype | batch | epoch times (s, cumulative) | valid force MAE (meV/Å) | note |", "|---|---|---|---|---|"]
-        for r in epochs:
-            rows = r.get("epochs", [])
-            out.append(f"| {r['dtype']} | {r['batch_size']} | {', '.join(_number(e['time_s'], 1) for e in rows)} | "
-                       f"{', '.join(_number(e.get('valid_forces_mae'), 1) for e in rows)} | {r.get('error', '')} |")
+                f"{(tests.get('summary') or ['?'])[-1]}"]
+    if isinstance(report.get("edge_kernels"), list):
+        out += _table("Fused edge kernels (Triton) against the sparse products, same GPU",
+                      ("atoms", "dtype", "max force difference (eV/Å)", "Triton call (s)", "sparse call (s)"),
+                      ((f"{r['n_atoms']:,}", r["dtype"], r.get("max_force_difference_eV_A", "–"),
+                        _number(r.get("triton_call_s"), 3), _number(r.get("torch_call_s"), 3))
+                       for r in report["edge_kernels"]))
+    if isinstance(report.get("scaling"), dict):
+        out += _table("Energy+forces call and MD step, fcc Cu, e2former-emt-cu",
+                      ("atoms", "series", "call µs/atom", "MD atom·steps/s", "peak GPU memory KiB/atom", "note"),
+                      ((f"{r['n_atoms']:,}", series, _number(r.get("call_us_per_atom")),
+                        _number(r.get("md_atom_steps_per_s"), 0), _number(r.get("peak_memory_kib_per_atom"), 1),
+                        r.get("error", "")[:80])
+                       for series, rows in report["scaling"].items() for r in (rows if isinstance(rows, list) else [])))
+    if isinstance(report.get("neighbours"), list):
+        out += _table("Neighbour search (cutoff 5.3 Å)",
+                      ("atoms", "matscipy, CPU (s)", "torch cell list, GPU (s)", "same pair count"),
+                      ((f"{r['n_atoms']:,}", _number(r.get("matscipy_cpu_s"), 3), _number(r.get("cell_list_s"), 4),
+                        r.get("pairs_equal_count", r.get("error"))) for r in report["neighbours"]))
+    if isinstance(report.get("training"), list):
+        out += _table("One training step (forces and stress in the loss), 8 rattled Cu cells",
+                      ("dtype", "TF32", "atoms per batch", "step (s)"),
+                      ((r["dtype"], r["tf32"], r["atoms_per_batch"], _number(r["step_s"], 3)) for r in report["training"]))
+    if isinstance(report.get("training_epochs"), list):
+        out += _table("Whole epochs through torchrun, copper same-budget recipe",
+                      ("dtype", "batch", "epoch times (s, cumulative)", "valid force MAE (meV/Å)", "note"),
+                      ((r["dtype"], r["batch_size"], ", ".join(_number(e["time_s"], 1) for e in r.get("epochs", [])),
+                        ", ".join(_number(e.get("valid_forces_mae"), 1) for e in r.get("epochs", [])), r.get("error", ""))
+                       for r in report["training_epochs"]))
     mace = report.get("mace")
     if isinstance(mace, dict):
         out += ["", "## MACE of the same size (mace-torch, ASE calculator)", ""]
@@ -565,20 +564,17 @@ def render(report: dict) -> str:
             out.append(f"Not run: {mace['error']}")
         else:
             model = mace.get("model") or {}
-            out += [f"{model.get('parameters')} parameters, cuEquivariance: {model.get('cueq')}.", "",
-                    "| atoms | call µs/atom | peak GPU memory KiB/atom | note |", "|---|---|---|---|"]
-            for r in mace.get("rows", []):
-                out.append(f"| {r['n_atoms']:,} | {_number(r.get('call_us_per_atom'))} | "
-                           f"{_number(r.get('peak_memory_kib_per_atom'), 1)} | {r.get('error', r.get('note', ''))} |")
+            out.append(f"{model.get('parameters')} parameters, cuEquivariance: {model.get('cueq')}.")
+            out += _table(None, ("atoms", "call µs/atom", "peak GPU memory KiB/atom", "note"),
+                          ((f"{r['n_atoms']:,}", _number(r.get("call_us_per_atom")),
+                            _number(r.get("peak_memory_kib_per_atom"), 1), r.get("error", r.get("note", "")))
+                           for r in mace.get("rows", [])))
             if "stopped" in mace:
                 out += ["", f"Stopped: {mace['stopped']}"]
-    sim = report.get("torch_sim")
-    if isinstance(sim, list):
-        out += ["", "## torch-sim NVE steps, float32", "", "| atoms | step (s) | atom·steps/s | lists rebuilt | note |",
-                "|---|---|---|---|---|"]
-        for r in sim:
-            out.append(f"| {r.get('n_atoms', 0):,} | {_number(r.get('step_s'), 3)} | {_number(r.get('atom_steps_per_s'), 0)} "
-                       f"| {r.get('rebuilds', '–')} | {r.get('error', '')} |")
+    if isinstance(report.get("torch_sim"), list):
+        out += _table("torch-sim NVE steps, float32", ("atoms", "step (s)", "atom·steps/s", "lists rebuilt", "note"),
+                      ((f"{r.get('n_atoms', 0):,}", _number(r.get("step_s"), 3), _number(r.get("atom_steps_per_s"), 0),
+                        r.get("rebuilds", "–"), r.get("error", "")) for r in report["torch_sim"]))
     return "\n".join(out) + "\n"
 
 
