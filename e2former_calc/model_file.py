@@ -37,6 +37,7 @@ import torch
 
 from . import __version__
 from .model import E2Former, E2FormerConfig
+from .model.repulsion import LEGACY_SWITCH_OFF
 
 FORMAT = "e2former-calc-potential"
 FORMAT_VERSION = 3
@@ -123,6 +124,14 @@ def read_model_file(path) -> dict:
     return content
 
 
+def stored_hyperparameters(content: dict) -> dict:
+    """The ``E2FormerConfig`` values of a file's content (from :func:`read_model_file`), with what
+    files written before a setting existed used for it: ``zbl_switch_off`` 1.0."""
+    values = dict(content["config"])
+    values.setdefault("zbl_switch_off", LEGACY_SWITCH_OFF)
+    return values
+
+
 def training_seconds(provenance: dict) -> float:
     """Wall-clock seconds of training behind a potential file's weights: its own run's, plus
     those behind the file a fine-tuning started from (``provenance["init_from"]``, a dictionary the
@@ -139,7 +148,7 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[E2
     """The model in ``path`` on ``device`` in ``dtype`` (default: the file's), and the file's metadata."""
     content = read_model_file(path)
     try:
-        config = E2FormerConfig.from_dict(content["config"])
+        config = E2FormerConfig.from_dict(stored_hyperparameters(content))
         state = dict(content["state_dict"])
         stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float64)
         # in the stored precision before loading: a float64 file's weights are not rounded to float32

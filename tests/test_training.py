@@ -2,6 +2,7 @@
 equivalence with one process, evaluation tables and parity plots."""
 
 import ast
+import dataclasses
 import hashlib
 import os
 import signal
@@ -466,10 +467,14 @@ def test_fine_tuning_starts_from_a_potential_file_with_this_runs_e0(copper_data,
     values["model"] = {"init_from": str(start_file)}  # now the five-epoch file
     with pytest.raises(CheckpointError, match="derived"):
         Trainer(parse_config(values), progress=False, log=lambda m: None).run()
-    # only zbl may stand beside init_from; the file's species must be the data's
+    # only the pair term's settings may stand beside init_from; the file's species must be the data's
     values["model"] = {"init_from": str(start_file), "channels": 16}
-    with pytest.raises(ValueError, match="only zbl may be given beside it, not channels"):
+    with pytest.raises(ValueError, match="only zbl and zbl_switch_off may be given beside it, not channels"):
         parse_config(values)
+    values["model"] = {"init_from": str(start_file), "zbl": True, "zbl_switch_off": 0.6}
+    replaced = parse_config(values).model_config(1.0, 1.0)
+    stored = load_model(start_file)[0].config
+    assert replaced == dataclasses.replace(stored, zbl=True, zbl_switch_off=0.6)
     other = E2Former(E2FormerConfig.preset("small", **{k: v for k, v in TINY_MODEL.items() if k != "preset"}), [1, 29])
     save_model(other, tmp_path / "hcu.pt")
     values["model"] = {"init_from": str(tmp_path / "hcu.pt"), "zbl": True}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .repulsion import DEFAULT_SWITCH_OFF
+
 
 @dataclass(frozen=True)
 class E2FormerConfig:
@@ -28,9 +30,12 @@ class E2FormerConfig:
         energy_scale: factor (eV) on the per-atom energy readout. Training's ``auto`` sets it to
             the numerical value of the data's RMS force component in eV/Å (i.e. the typical energy
             change of moving an atom by 1 Å against a typical force), the usual scale in MACE.
-        zbl: add the screened nuclear repulsion (ZBL) of close atoms, switched off at the sum
-            of their covalent radii (:mod:`e2former_calc.model.repulsion`): hot or compressed
-            MD then pushes atoms apart where the training data had none so close.
+        zbl: add the screened nuclear repulsion (ZBL) of close atoms
+            (:mod:`e2former_calc.model.repulsion`): hot or compressed MD then pushes atoms apart
+            where the training data had none so close.
+        zbl_switch_off: where the repulsion ends, as a fraction of the sum of the two atoms'
+            covalent radii; inside every bond, so that the network need not cancel it there
+            (model files written before this setting existed load with 1.0, what they used).
     """
 
     cutoff: float = 5.0
@@ -48,6 +53,7 @@ class E2FormerConfig:
     average_neighbours: float = 20.0
     energy_scale: float = 1.0
     zbl: bool = False
+    zbl_switch_off: float = DEFAULT_SWITCH_OFF
 
     def __post_init__(self):
         object.__setattr__(self, "filter_degrees", tuple(int(f) for f in self.filter_degrees))
@@ -61,6 +67,8 @@ class E2FormerConfig:
             (self.envelope_exponent >= 2, "envelope_exponent must be >= 2"),
             (self.average_neighbours > 0, "average_neighbours must be positive"),
             (isinstance(self.zbl, bool), f"zbl must be true or false, got {self.zbl!r}"),
+            (isinstance(self.zbl_switch_off, (int, float)) and 0 < self.zbl_switch_off <= 1.5,
+             f"zbl_switch_off must be a fraction in (0, 1.5], got {self.zbl_switch_off!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -133,7 +133,8 @@ class E2Former(nn.Module):
         self.species_features = nn.Embedding(n, config.species_features)
         self.embedding = EdgeDegreeEmbedding(config, n)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
-        self.repulsion = ZBLRepulsion(self.atomic_numbers, config.cutoff) if config.zbl else None
+        self.repulsion = (ZBLRepulsion(self.atomic_numbers, config.cutoff, config.zbl_switch_off)
+                           if config.zbl else None)
         self.readout_norm = EquivariantRMSNorm(config.max_degree, config.channels)
         # no output bias: it would cancel exactly in R(h_i) - R(h_iso) (a parameter without a
         # gradient, which an optimizer only walks by rounding noise)

@@ -16,7 +16,7 @@ Example (every key shown; only ``data.train`` and ``output`` are required)::
       energy_scale: auto                           # eV; auto: the RMS force component (eV/Å) x 1 Å
       average_neighbours: auto                     # auto: mean neighbours per atom of the data
       # or, to fine-tune: start from a potential file's weights and hyper-parameters (only
-      # `zbl` may be given beside it); E0 still comes from `data.e0`
+      # `zbl` and `zbl_switch_off` may be given beside it); E0 still comes from `data.e0`
       # init_from: potentials/e2former-xtb-organic.pt
     training:
       dtype: float64                               # or float32
@@ -49,6 +49,10 @@ from pathlib import Path
 import yaml
 
 from ..model import E2FormerConfig
+
+
+#: model keys a fine-tuning may set beside ``init_from``: the pair term has no weights to fit
+REPLACEABLE_ON_INIT = ("zbl", "zbl_switch_off")
 
 
 @dataclass(frozen=True)
@@ -104,18 +108,18 @@ class TrainConfig:
 
     def model_config(self, energy_scale: float, average_neighbours: float) -> E2FormerConfig:
         """The network's hyper-parameters, with ``auto`` values filled in from the data; with
-        ``model.init_from``, those of that file (``zbl`` as given here, if given)."""
+        ``model.init_from``, those of that file (``zbl`` and ``zbl_switch_off`` as given here, if
+        given)."""
         values = dict(self.model)
         if self.init_from is not None:
-            from ..model_file import read_model_file
+            from ..model_file import read_model_file, stored_hyperparameters
 
-            others = sorted(set(values) - {"init_from", "zbl"})
+            others = sorted(set(values) - {"init_from", *REPLACEABLE_ON_INIT})
             if others:
                 raise ValueError(f"training config: model.init_from takes the hyper-parameters of {self.init_from}; "
-                                 f"only zbl may be given beside it, not {', '.join(others)}")
-            stored = dict(read_model_file(self.init_from)["config"])
-            if "zbl" in values:
-                stored["zbl"] = values["zbl"]
+                                 f"only {' and '.join(REPLACEABLE_ON_INIT)} may be given beside it, not {', '.join(others)}")
+            stored = stored_hyperparameters(read_model_file(self.init_from))
+            stored.update({key: values[key] for key in REPLACEABLE_ON_INIT if key in values})
             return E2FormerConfig.from_dict(stored)
         preset = values.pop("preset", "small")
         known = {f.name for f in dataclasses.fields(E2FormerConfig)}
