@@ -43,7 +43,7 @@ def measure(path: Path, switch_off: float, every: int) -> dict:
     pairs = collections.defaultdict(lambda: [0, 0, 0.0])  # pairs, inside, energy
     zbl_forces, label_forces = [], []
     for atoms in frames:
-        i, j, d, D = neighbor_list("ijdD", atoms, SEARCH)
+        i, j, D = neighbor_list("ijD", atoms, SEARCH)
         vectors = torch.tensor(D, requires_grad=True)
         kinds = torch.tensor([index[int(z)] for z in atoms.numbers])
         energies = zbl(vectors.norm(dim=-1), kinds[torch.tensor(i)], kinds[torch.tensor(j)])  # directed: each pair twice
@@ -73,8 +73,8 @@ def measure(path: Path, switch_off: float, every: int) -> dict:
 
 def markdown(results: list[dict], command: str) -> str:
     lines = ["# The ZBL term on the test frames, by switch-off fraction", "",
-             f"`{command}`; pairs within {SEARCH} Å; 'inside' = closer than the switch-off radius "
-             "s (R_i + R_j); force components in eV/Å.", "",
+             (f"`{command}`; pairs within {SEARCH} Å; 'inside' = closer than the switch-off radius "
+              "s (R_i + R_j); force components in eV/Å."), "",
              "| data | s | frames | RMS force of the term | largest | RMS force of the labels | pairs inside (share, mean energy per pair) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:

@@ -17,8 +17,8 @@ from ase.neighborlist import neighbor_list
 from conftest import TEST_CONFIG
 
 from e2former_calc import E2FormerCalculator
-from e2former_calc.model_file import load_model, read_model_file
 from e2former_calc.model.repulsion import DEFAULT_SWITCH_OFF, LEGACY_SWITCH_OFF, ZBLRepulsion
+from e2former_calc.model_file import load_model, read_model_file
 from e2former_calc.testing import assert_forces_are_minus_gradient, assert_stress_is_strain_derivative
 
 ROOT = Path(__file__).resolve().parent.parent

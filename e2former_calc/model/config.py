@@ -34,8 +34,8 @@ class E2FormerConfig:
             (:mod:`e2former_calc.model.repulsion`): hot or compressed MD then pushes atoms apart
             where the training data had none so close.
         zbl_switch_off: where the repulsion ends, as a fraction of the sum of the two atoms'
-            covalent radii; inside every bond, so that the network need not cancel it there
-            (model files written before this setting existed load with 1.0, what they used).
+            covalent radii; short of every bond length, so that the network need not cancel it
+            there (model files written before this setting existed load with 1.0, what they used).
     """
 
     cutoff: float = 5.0

@@ -18,10 +18,12 @@ compressed MD) meet a wall that grows as ``Z_i Z_j / r`` instead of whatever a n
 distances it never saw; the network learns the rest. A lone atom is untouched (no edges), so its
 energy stays E0.
 
-The switch must end inside every bond, or the network has to learn to cancel the term there:
+The switch must end short of every bond length, or the network has to learn to cancel the term
+there:
 with ``s = 1`` (the first potentials) many bonds are shorter than ``R_i + R_j`` (C=O 1.23 Å
 against 1.42 Å, aromatic C-C 1.40 against 1.52), and on the organic test frames the term gave
-force components of RMS 2.9 eV/Å, twice the labels' own 1.3 eV/Å (C-O pairs 10 eV/Å).
+force components of RMS 2.9 eV/Å, twice the labels' own 1.3 eV/Å (largest 24 eV/Å;
+``benchmarks/zbl_on_data.py``).
 :data:`DEFAULT_SWITCH_OFF` ends it at 3/4 of the radii, below the shortest bonds of H, C, N
 and O (triple bonds: 0.77-0.80 of the radii).
 """
@@ -67,8 +69,9 @@ class ZBLRepulsion(nn.Module):
         self.switch_off = float(switch_off)
         z = torch.tensor([float(n) for n in atomic_numbers], dtype=torch.float64)
         self.register_buffer("charges", z, persistent=False)
-        self.register_buffer("switch_radii", torch.tensor([self.switch_off * float(covalent_radii[int(n)]) for n in atomic_numbers],
-                                                   dtype=torch.float64), persistent=False)  # s R_i: r^c = s R_i + s R_j
+        # s R_i, so that r^c = s R_i + s R_j
+        radii = [self.switch_off * float(covalent_radii[int(n)]) for n in atomic_numbers]
+        self.register_buffer("switch_radii", torch.tensor(radii, dtype=torch.float64), persistent=False)
         self.cutoff = float(cutoff)
 
     def close_edges(self, lengths: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> torch.Tensor:

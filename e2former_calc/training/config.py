@@ -50,7 +50,6 @@ import yaml
 
 from ..model import E2FormerConfig
 
-
 #: model keys a fine-tuning may set beside ``init_from``: the pair term has no weights to fit
 REPLACEABLE_ON_INIT = ("zbl", "zbl_switch_off")
 
