@@ -43,6 +43,16 @@ def calculators(seed=4, switch_off=DEFAULT_SWITCH_OFF):
     return E2FormerCalculator.from_config(config, **kwargs), E2FormerCalculator.from_config(TEST_CONFIG, **kwargs)
 
 
+def energies_of(atoms, *calculators):
+    """The energy of ``atoms`` by each calculator."""
+    energies = []
+    for calc in calculators:
+        copy = atoms.copy()
+        copy.calc = calc
+        energies.append(copy.get_potential_energy())
+    return energies
+
+
 def squeezed_ethanol():
     """Ethanol with its C-C bond at 0.76 Å, inside the default switch-off radius (1.14 Å)."""
     ethanol = molecule("CH3CH2OH")
@@ -111,12 +121,7 @@ def test_zbl_survives_the_model_file(tmp_path):
     loaded = E2FormerCalculator.from_file(calc.save(tmp_path / "zbl.pt"), device="cpu", dtype="float64", quiet=True)
     assert loaded.model.config.zbl and loaded.model.repulsion is not None
     assert loaded.model.config.zbl_switch_off == 0.6 and loaded.model.repulsion.switch_off == 0.6
-    atoms = Atoms("CO", positions=[[0, 0, 0], [0, 0, 0.7]])
-    energies = []
-    for c in (calc, loaded):
-        a = atoms.copy()
-        a.calc = c
-        energies.append(a.get_potential_energy())
+    energies = energies_of(Atoms("CO", positions=[[0, 0, 0], [0, 0, 0.7]]), calc, loaded)
     assert energies[0] == pytest.approx(energies[1], abs=1e-12)
 
 
@@ -167,16 +172,11 @@ def test_files_from_before_the_switch_off_setting_keep_the_covalent_radii(tmp_pa
     torch.save(content, tmp_path / "old.pt")
     old = E2FormerCalculator.from_file(tmp_path / "old.pt", device="cpu", dtype="float64", quiet=True)
     assert old.model.config.zbl_switch_off == LEGACY_SWITCH_OFF
-    atoms = squeezed_ethanol()
-    energies = []
-    for c in (calc, old):
-        a = atoms.copy()
-        a.calc = c
-        energies.append(a.get_potential_energy())
+    energies = energies_of(squeezed_ethanol(), calc, old)
     assert energies[0] == pytest.approx(energies[1], abs=1e-12)
 
 
-def test_the_default_switch_ends_inside_every_bond_of_the_organic_test_frames():
+def test_the_default_switch_ends_short_of_every_bond_of_the_organic_test_frames():
     """On held-out xTB frames (300-1,000 K) the default switch-off leaves no bonded pair inside the
     wall: the network need not cancel the term; at the full covalent radii many pairs were."""
     frames = read(DATASETS / "xtb-organic" / "test.extxyz.gz", index="::60")
