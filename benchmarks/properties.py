@@ -23,7 +23,8 @@ Usage::
     python benchmarks/properties.py --copper potentials/e2former-emt-cu.pt old=/tmp/old/e2former-emt-cu.pt \
         --organic potentials/e2former-xtb-organic.pt old=/tmp/old/e2former-xtb-organic.pt
 
-Writes ``benchmarks/results/properties.json`` and ``properties.md`` (quoted by docs/accuracy.md).
+Writes ``benchmarks/results/properties.json`` and ``properties.md`` (quoted by docs/accuracy.md); a
+section not asked for (``--copper`` or ``--organic``) keeps what the file had.
 """
 
 from __future__ import annotations
@@ -174,21 +175,27 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS / "properties")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    out = {"copper": {}, "molecules": {}}
-    lines = ["# Properties against the labeller\n", "Written by `benchmarks/properties.py` (float64, this CPU).\n"]
+    # a section not asked for keeps what the output file had (copper and molecules run separately)
+    previous = args.out.with_suffix(".json")
+    out = json.loads(previous.read_text()) if previous.exists() else {}
+    out = {"copper": out.get("copper", {}), "molecules": out.get("molecules", {})}
     if args.copper:
-        out["copper"]["EMT"] = copper_properties(EMT())
+        out["copper"] = {"EMT": copper_properties(EMT())}
         for name, path in _named(args.copper).items():
             out["copper"][name] = copper_properties(_load(path))
             print(f"copper {name}: {out['copper'][name]}", flush=True)
-        lines += ["## Copper (vs EMT)\n", copper_table(out["copper"]), ""]
     if args.organic:
         minima = read_frames(args.minima)
+        out["molecules"] = {}
         for name, path in _named(args.organic).items():
             out["molecules"][name] = molecule_rmsds(_load(path), minima)
             print(f"molecules {name}: largest RMSD {max(out['molecules'][name].values()):.3f} Å", flush=True)
-        lines += ["## Molecules: relaxed geometry vs the GFN2-xTB minimum\n", molecule_table(out["molecules"]), ""]
     out["seconds"] = time.perf_counter() - start
+    lines = ["# Properties against the labeller\n", "Written by `benchmarks/properties.py` (float64, this CPU).\n"]
+    if out["copper"]:
+        lines += ["## Copper (vs EMT)\n", copper_table(out["copper"]), ""]
+    if out["molecules"]:
+        lines += ["## Molecules: relaxed geometry vs the GFN2-xTB minimum\n", molecule_table(out["molecules"]), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines))
