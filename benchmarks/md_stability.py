@@ -250,12 +250,15 @@ def copper(args, out: dict) -> None:
 
 
 def markdown(out: dict) -> str:
-    m = out["machine"]
-    lines = [f"# MD stability of the shipped potentials (float32)\n\nMachine: {m['cpu']}, {m['threads']} torch threads, "
-             f"torch {m['torch']}. Command: `python benchmarks/md_stability.py`.\n"]
+    def machine(section):
+        m = section.get("machine", out["machine"])
+        return f"Machine: {m['cpu']}, {m['threads']} torch threads, torch {m['torch']}. "
+
+    lines = ["# MD stability of the shipped potentials (float32)\n\nCommand: `python benchmarks/md_stability.py` "
+             "(`--only organic` or `--only copper` reruns one section).\n"]
     if "organic" in out:
         o = out["organic"]
-        lines += [f"Langevin MD at {o['temperature_K']:.0f} K, {o['timestep_fs']} fs steps, {o['ps']} ps per molecule "
+        lines += [f"{machine(o)}Langevin MD at {o['temperature_K']:.0f} K, {o['timestep_fs']} fs steps, {o['ps']} ps per molecule "
                   f"(all ten side by side, {o['atoms_total']} atoms: {o['ms_per_step_all_ten']:.1f} ms per step; one "
                   f"{next(iter(o['ms_per_step_single']))} alone through the ASE calculator: "
                   f"{next(iter(o['ms_per_step_single'].values())):.1f} ms per step). Unstable = a bond "
@@ -267,7 +270,7 @@ def markdown(out: dict) -> str:
                          f"{m['largest_bond_change_A']:.3f} | {m['mean_temperature_K']:.0f} |")
     if "copper" in out:
         c = out["copper"]
-        lines += ["", f"Copper: {c['atoms']} atoms, Langevin NVT at {c['temperature_K']:.0f} K, {c['timestep_fs']} fs "
+        lines += ["", f"{machine(c)}Copper: {c['atoms']} atoms, Langevin NVT at {c['temperature_K']:.0f} K, {c['timestep_fs']} fs "
                   f"steps, {c['ps']} ps: {c['ms_per_step']:.0f} ms per step. Mean T (2nd half) {c['mean_temperature_K']:.0f} K; "
                   f"potential energy, 2nd half minus 1st half: {c['potential_drift_meV_per_atom_first_to_second_half']:+.2f} "
                   f"meV/atom; E2Former minus EMT on the same frames: {c['mean_error_vs_emt_meV_per_atom']:+.2f} meV/atom "
@@ -301,11 +304,16 @@ def main(argv=None):
     suffix = "_quick" if args.quick else ""
     path = RESULTS / f"md_stability{suffix}.json"
     out = json.loads(path.read_text()) if path.exists() and args.only else {}
+    for section in ("organic", "copper"):  # files from before sections had their own machine
+        if section in out and "machine" in out:
+            out[section].setdefault("machine", out["machine"])
     out["machine"] = machine_description("cpu")
     if args.only in (None, "organic"):
         organic(args, out)
+        out["organic"]["machine"] = out["machine"]
     if args.only in (None, "copper"):
         copper(args, out)
+        out["copper"]["machine"] = out["machine"]
     path.write_text(json.dumps(out, indent=1) + "\n")
     (RESULTS / f"md_stability{suffix}.md").write_text(markdown(out))
     print(markdown(out))
