@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from e2former_calc.model_file import read_model_file, stored_hyperparameters, training_seconds  # noqa: E402
 
-#: Where the shipped files were trained (their provenance names the CPU architecture only).
-MACHINE = ("this project's machine (AMD EPYC, 2 cores, no GPU), one torch thread, while another training (the other "
+#: Where the shipped files were trained ({cpu}: the CPU model their provenance names; the project's
+#: machine is an AMD EPYC in some sessions and an Intel Xeon in others).
+MACHINE = ("this project's machine ({cpu}, 2 cores, no GPU), one torch thread, while another training (the other "
            "potential's, or MACE's for the comparison) used the other core")
 
 CARDS = {
@@ -90,16 +91,16 @@ CARDS = {
             "The reference is EMT, a simple effective-medium model, not DFT: use it to exercise workflows and "
             "to compare with EMT, not to predict real copper.",
             "No other elements, no strongly compressed or expanded lattices beyond ±6 % strain. The ZBL repulsion "
-            "is part of the model up to the sum of the covalent radii (zbl_switch_off 1.0, trained before that was "
-            "a setting), which takes in the first shell: the network was trained on top of it and cancels it there "
-            "(force components of RMS 1.15 eV/Å on the test frames, `docs/model.md`; new trainings end it at 0.75 "
-            "of the radii).",
+            "is part of the model up to 0.75 of the sum of the covalent radii (1.98 Å for Cu-Cu), short of the "
+            "first shell (2.55 Å): it acts on 28 pairs in 24 of the 1,592 training frames (mostly rattled bulk, the "
+            "closest 1.79 Å) and on none of the test frames, and in hot or compressed MD where atoms come closer (the "
+            "potential shipped before 2026-12-05 had it up to the full radii, inside the first shell, where its "
+            "network had to cancel force components of RMS 1.15 eV/Å on the test frames; `docs/model.md`).",
             "A light model (L_max 1, 24 channels) chosen for speed in 4,000-atom cells.",
             "Two runs: the start (`potentials/training/e2former-emt-cu-base.yaml`, kept as "
-            "`e2former-emt-cu-base.pt`) was planned for 40 epochs with the second stage at 28 and resumed after 18 "
-            "epochs with 28 epochs and the stage at 21 (its file holds the final values), so a fresh run of it does "
-            "not reproduce it bit for bit; this file is its fine-tuning with a 30-fold stress weight (16 epochs), "
-            "which brought C44 from +6.0 % to +4.3 % of EMT's.",
+            "`e2former-emt-cu-base.pt`; the same run as `benchmarks/accuracy/e2former-emt-cu-same-budget-switch075.yaml`, "
+            "E2Former at MACE's budget: 26 epochs, 65.2 min) and this file, its fine-tuning with a 30-fold stress "
+            "weight and a tenfold energy weight (16 epochs).",
         ],
     },
 }
@@ -214,7 +215,7 @@ def main(name: str) -> None:
              f"- Training configuration: `potentials/training/{name}.yaml` (`e2former train` on it retrains this "
              f"file from the same seed and data; a rerun was not done to check bit-identity): " + ", ".join(f"{k} {v}" for k, v in settings["training"].items()) + ".",
              f"- Trained for {provenance['epochs']} epochs, {float(provenance['training_time_s']) / 60:.1f} min "
-             f"wall-clock ({content['dtype']}) on {MACHINE}; the file holds the EMA weights of the "
+             f"wall-clock ({content['dtype']}) on {MACHINE.format(cpu=str(provenance['hardware']).split(',')[0])}; the file holds the EMA weights of the "
              f"best validation epoch ({provenance['best_epoch']}). Per-epoch log: `potentials/training/{name}.log.csv`.",
              *start_lines(provenance),
              "",
@@ -222,27 +223,34 @@ def main(name: str) -> None:
     lines += split_section(results, card["data"], "Independent test split (whole trajectories never trained on)")
     lines += split_section(old_results, card["old_data"], "Previous test split (random frames of the previous data set, `datasets/" + card["old_data"] + "`)")
     if mace:
+        ours = results["errors"]["retrained"]["all"]["forces_mae_meV_A"]
         lines += [f"MACE {mace['versions']['mace-torch']} ({mace['parameters']:,} parameters) trained on the same "
-                  f"splits for {mace['training_wall_s'] / 60:.1f} min on this CPU: force MAE "
-                  f"{mace['test']['overall']['forces_mae']:.1f} meV/Å, energy MAE "
-                  f"{mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom on the independent split "
+                  f"splits for {mace['training_wall_s'] / 60:.1f} min on this project's machine ({mace['cpu']}, one "
+                  f"thread): force MAE {mace['test']['overall']['forces_mae']:.1f} meV/Å (this file: {ours:.1f}), "
+                  f"energy MAE {mace['test']['overall']['energy_per_atom_mae']:.2f} meV/atom on the independent split "
                   f"({'per kind of structure' if data.startswith('emt') else 'by molecule and temperature'}: "
                   f"`benchmarks/results/side_by_side_{data}.md`, docs/accuracy.md).", ""]
     if mace and same_budget:
         scratch = same_budget["errors"]["same-budget"]["all"]["forces_mae_meV_A"]
         theirs = mace["test"]["overall"]["forces_mae"]
-        lines += [f"At MACE's budget, E2Former trained from scratch on the same training set "
-                  f"(`benchmarks/accuracy/e2former-{same_budget_name}.yaml`) reaches a force MAE of {scratch:.1f} meV/Å "
-                  f"on the independent split against MACE's {theirs:.1f}: at the same budget MACE's forces are "
-                  f"{'lower' if theirs < scratch else 'not lower'} (this file had a longer training; "
-                  f"`benchmarks/results/side_by_side_{same_budget_name}.md`)."]
+        switch = stored_hyperparameters(content).get("zbl_switch_off")
+        start = ast.literal_eval(provenance["init_from"])["name"] if "init_from" in provenance else None
+        lines += [f"At MACE's budget, E2Former trained from scratch on the same training set with the ZBL switch at "
+                  f"the full covalent radii (`benchmarks/accuracy/e2former-{same_budget_name}.yaml`) reaches a force "
+                  f"MAE of {scratch:.1f} meV/Å on the independent split against MACE's {theirs:.1f} "
+                  f"(`benchmarks/results/side_by_side_{same_budget_name}.md`)."]
         if switch075:
             new = switch075["errors"]["same-budget-switch075"]["all"]["forces_mae_meV_A"]
-            lines += [f"That run and this file have the ZBL switch at the full covalent radii; the same run with the "
-                      f"switch of new models (0.75 of the radii, short of every bond; "
+            if switch == 1.0:
+                tail = "; this file, trained with the switch at the full radii, is not yet retrained with it"
+            elif start == f"e2former-{switch075_name}":
+                tail = "; that run is the start this file was fine-tuned from"
+            else:
+                tail = ""
+            lines += [f"The same run with the switch of new models (0.75 of the radii, short of every bond; "
                       f"`benchmarks/accuracy/e2former-{switch075_name}.yaml`) reaches {new:.1f} meV/Å, "
                       f"{'below' if new < theirs else 'not below'} MACE's {theirs:.1f} "
-                      f"(`benchmarks/results/side_by_side_{switch075_name}.md`; this file is not yet retrained with it)."]
+                      f"(`benchmarks/results/side_by_side_{switch075_name}.md`{tail})."]
         lines += [""]
     if properties:
         lines += ["## Properties against the labeller", "", "`python benchmarks/properties.py` (float64; "
