@@ -94,7 +94,7 @@ CARDS = {
             "is part of the model up to 0.75 of the sum of the covalent radii (1.98 Å for Cu-Cu), short of the "
             "first shell (2.55 Å): it acts on 28 pairs in 24 of the 1,592 training frames (mostly rattled bulk, the "
             "closest 1.79 Å) and on none of the test frames, and in hot or compressed MD where atoms come closer (the "
-            "potential shipped before 2026-12-05 had it up to the full radii, inside the first shell, where its "
+            "potential shipped before the end of 2026-12-04 had it up to the full radii, inside the first shell, where its "
             "network had to cancel force components of RMS 1.15 eV/Å on the test frames; `docs/model.md`).",
             "A light model (L_max 1, 24 channels) chosen for speed in 4,000-atom cells.",
             "Two runs: the start (`potentials/training/e2former-emt-cu-base.yaml`, kept as "
