@@ -304,9 +304,6 @@ def main(argv=None):
     suffix = "_quick" if args.quick else ""
     path = RESULTS / f"md_stability{suffix}.json"
     out = json.loads(path.read_text()) if path.exists() and args.only else {}
-    for section in ("organic", "copper"):  # files from before sections had their own machine
-        if section in out and "machine" in out:
-            out[section].setdefault("machine", out["machine"])
     out["machine"] = machine_description("cpu")
     if args.only in (None, "organic"):
         organic(args, out)

@@ -165,11 +165,19 @@ def property_lines(properties: dict, data: str) -> list[str]:
             f"{max(table.values()):.3f} Å over the {len(table)} minima (median {sorted(table.values())[len(table) // 2]:.3f} Å).", ""]
 
 
-def start_lines(provenance: dict) -> list[str]:
-    """The card's line on the weights a fine-tuned potential started from (``model.init_from``)."""
+def starting_point(provenance: dict) -> dict | None:
+    """What a fine-tuned potential started from (``model.init_from``: path, name, training time,
+    data, SHA-256), None for a potential trained from scratch."""
     if "init_from" not in provenance:
+        return None
+    return ast.literal_eval(provenance["init_from"])  # a dict written as text; literals only
+
+
+def start_lines(provenance: dict) -> list[str]:
+    """The card's line on the weights a fine-tuned potential started from."""
+    start = starting_point(provenance)
+    if start is None:
         return []
-    start = ast.literal_eval(provenance["init_from"])  # a dict written as text; literals only
     before = float(start["training_time_s"] or 0)
     return [f"- Fine-tuned from `{start['path']}` ({start['name']}, {before / 60:.1f} min of training behind it, the "
             f"last on `{start['train']}`; SHA-256 {start['sha256'][:12]}…): "
@@ -233,17 +241,16 @@ def main(name: str) -> None:
     if mace and same_budget:
         scratch = same_budget["errors"]["same-budget"]["all"]["forces_mae_meV_A"]
         theirs = mace["test"]["overall"]["forces_mae"]
-        switch = stored_hyperparameters(content).get("zbl_switch_off")
-        start = ast.literal_eval(provenance["init_from"])["name"] if "init_from" in provenance else None
         lines += [f"At MACE's budget, E2Former trained from scratch on the same training set with the ZBL switch at "
                   f"the full covalent radii (`benchmarks/accuracy/e2former-{same_budget_name}.yaml`) reaches a force "
                   f"MAE of {scratch:.1f} meV/Å on the independent split against MACE's {theirs:.1f} "
                   f"(`benchmarks/results/side_by_side_{same_budget_name}.md`)."]
         if switch075:
             new = switch075["errors"]["same-budget-switch075"]["all"]["forces_mae_meV_A"]
-            if switch == 1.0:
+            start = starting_point(provenance)
+            if stored_hyperparameters(content).get("zbl_switch_off") == 1.0:
                 tail = "; this file, trained with the switch at the full radii, is not yet retrained with it"
-            elif start == f"e2former-{switch075_name}":
+            elif start is not None and start["name"] == f"e2former-{switch075_name}":
                 tail = "; that run is the start this file was fine-tuned from"
             else:
                 tail = ""
