@@ -22,8 +22,8 @@ The switch must end short of every bond length, or the network has to learn to c
 there. With ``s = 1`` (the first potentials) many bonds are shorter than ``R_i + R_j`` (C=O 1.23 Å
 against 1.42 Å, aromatic C-C 1.40 against 1.52), and on the organic test frames the term gave
 force components of RMS 2.9 eV/Å, twice the labels' own 1.3 eV/Å (largest 24 eV/Å;
-``benchmarks/zbl_on_data.py``). :data:`DEFAULT_SWITCH_OFF` ends it at 3/4 of the radii, below the shortest bonds of H, C, N
-and O (triple bonds: 0.77-0.80 of the radii).
+``benchmarks/zbl_on_data.py``). :data:`DEFAULT_SWITCH_OFF` ends it at 3/4 of the radii, below
+the shortest bonds of H, C, N and O (triple bonds: 0.77-0.80 of the radii).
 """
 
 from __future__ import annotations

@@ -209,6 +209,7 @@ def main(name: str) -> None:
     stability_path = ROOT / "benchmarks" / "results" / "md_stability.json"
     stability = json.loads(stability_path.read_text()) if stability_path.exists() else {}
     log_rows = list(csv.DictReader(open(ROOT / "potentials" / "training" / f"{name}.log.csv")))
+    cpu = str(provenance["hardware"]).split(",")[0]  # "CPU model, N threads x M processes"
     size_mb = (ROOT / "potentials" / f"{name}.pt").stat().st_size / 1e6
 
     lines = [f"# {name}: {card['title']}", "",
@@ -223,7 +224,7 @@ def main(name: str) -> None:
              f"- Training configuration: `potentials/training/{name}.yaml` (`e2former train` on it retrains this "
              f"file from the same seed and data; a rerun was not done to check bit-identity): " + ", ".join(f"{k} {v}" for k, v in settings["training"].items()) + ".",
              f"- Trained for {provenance['epochs']} epochs, {float(provenance['training_time_s']) / 60:.1f} min "
-             f"wall-clock ({content['dtype']}) on {MACHINE.format(cpu=str(provenance['hardware']).split(',')[0])}; the file holds the EMA weights of the "
+             f"wall-clock ({content['dtype']}) on {MACHINE.format(cpu=cpu)}; the file holds the EMA weights of the "
              f"best validation epoch ({provenance['best_epoch']}). Per-epoch log: `potentials/training/{name}.log.csv`.",
              *start_lines(provenance),
              "",
