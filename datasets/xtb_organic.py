@@ -42,11 +42,21 @@ Usage::
 Writes ``OUT/{train,valid,test}.extxyz.gz`` (``config_type`` = molecule, or ``isolated_atom``; info
 ``temperature_K``, ``trajectory``, ``conformer``), ``OUT/minima.extxyz.gz`` (the xTB minimum of each
 conformer) and ``OUT/splits.json``.
+
+**Supplements.** ``--supplement NAME`` runs only the extra conformers' trajectories, at
+``--extra-temperatures`` other than those of the data set in ``OUT`` (so none is in its
+``train.extxyz.gz`` already), and writes them to ``OUT/NAME``: more training data beside the split
+files, which stay as they are (a training lists both files under ``data.train``); ``splits.json``
+records it. The shipped ``train-extra-500K-1000K.extxyz.gz``::
+
+    python datasets/xtb_organic.py --out datasets/xtb-organic --supplement train-extra-500K-1000K.extxyz.gz \
+        --extra-temperatures 500 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -182,6 +192,56 @@ def test_conformer(args, name: str, temperature_index: int) -> int:
     return (offset + temperature_index) % args.conformers
 
 
+def run_jobs(jobs: dict, raw: Path, workers: int) -> None:
+    """Run the jobs (raw file -> (function, arguments)) whose file is missing, ``workers`` at a time."""
+    todo = {path: job for path, job in jobs.items() if not path.exists()}
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} trajectories already done; running {len(todo)}", flush=True)
+    begin = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
+        futures = {path: pool.submit(function, *arguments) for path, (function, arguments) in todo.items()}
+        for k, (path, future) in enumerate(futures.items()):
+            write_frames(path, future.result())  # one file per trajectory: a crash keeps the rest
+            print(f"{k + 1}/{len(todo)} {path.relative_to(raw)}, {time.perf_counter() - begin:.0f} s", flush=True)
+
+
+def supplement(args) -> None:
+    """``--supplement``: the extra conformers' trajectories at ``--extra-temperatures`` (none of the
+    data set's own) as one more training file, recorded in ``splits.json``."""
+    splits_path = args.out / "splits.json"
+    if not splits_path.is_file():
+        raise SystemExit(f"--supplement adds to a data set: {splits_path} not found (make the data set first)")
+    splits = json.loads(splits_path.read_text())
+    settings = splits["settings"]
+    taken = sorted(set(map(float, args.extra_temperatures)) & set(map(float, settings["extra_temperatures_K"])))
+    if taken:
+        raise SystemExit(f"--supplement: the extra trajectories at {', '.join(f'{t:g}' for t in taken)} K are in "
+                         f"{args.out / 'train.extxyz.gz'} already")
+    for key in ("conformers", "extra_conformers", "interval", "equilibrate", "frames"):
+        if getattr(args, key) != settings[key]:
+            raise SystemExit(f"--supplement: --{key.replace('_', '-')} must be the data set's ({settings[key]}), "
+                             f"got {getattr(args, key)}")
+    if splits["seed"] != args.seed:
+        raise SystemExit(f"--supplement: --seed must be the data set's ({splits['seed']}), got {args.seed}")
+    raw = args.out / "raw"
+    jobs = {}
+    for name in args.molecules:
+        index = sorted(MOLECULES).index(name)
+        starts = starting_conformers(raw / name / "extra_conformers.extxyz", name, args.extra_conformers,
+                                     args.seed + EXTRA_ENSEMBLE_SEED + index)
+        for c, start in enumerate(starts, start=args.conformers):
+            for temperature in args.extra_temperatures:
+                jobs[trajectory_file(raw, name, temperature, c)] = (run_trajectory, (name, start, temperature, c, args))
+    run_jobs(jobs, raw, args.workers)
+    trajectories = [read_frames(path) for path in jobs]
+    frames = [f for trajectory in trajectories for f in trajectory]
+    write_frames(args.out / args.supplement, frames)
+    splits.setdefault("supplements", {})[args.supplement] = {
+        "molecules": list(args.molecules), "extra_temperatures_K": list(args.extra_temperatures),
+        "trajectories": [trajectory[0].info["trajectory"] for trajectory in trajectories], "frames": len(frames)}
+    write_json(splits_path, splits)
+    print(f"wrote {len(frames)} frames to {args.out / args.supplement}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -198,12 +258,17 @@ def main(argv=None):
     parser.add_argument("--extra-temperatures", type=float, nargs="+", default=EXTRA_TEMPERATURES,
                         help="temperatures (K) of the extra conformers' trajectories")
     parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument("--supplement", metavar="NAME",
+                        help="run only the extra conformers at --extra-temperatures and write them to OUT/NAME")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     if args.conformers < 2:
         parser.error("--conformers must be at least 2: one trajectory per temperature is held out for test")
     if args.extra_conformers < 0:
         parser.error("--extra-conformers must be 0 or more")
+
+    if args.supplement:
+        return supplement(args)
 
     raw = args.out / "raw"
     starts, extra_starts = {}, {}
@@ -222,14 +287,7 @@ def main(argv=None):
         for c, start in enumerate(extra_starts[name], start=args.conformers):
             for temperature in args.extra_temperatures:
                 jobs[trajectory_file(raw, name, temperature, c)] = (run_trajectory, (name, start, temperature, c, args))
-    todo = {path: job for path, job in jobs.items() if not path.exists()}
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} trajectories already done; running {len(todo)}", flush=True)
-    begin = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=max(1, min(args.workers, len(todo) or 1))) as pool:
-        futures = {path: pool.submit(function, *arguments) for path, (function, arguments) in todo.items()}
-        for k, (path, future) in enumerate(futures.items()):
-            write_frames(path, future.result())  # one file per trajectory: a crash keeps the rest
-            print(f"{k + 1}/{len(todo)} {path.relative_to(raw)}, {time.perf_counter() - begin:.0f} s", flush=True)
+    run_jobs(jobs, raw, args.workers)
 
     parts = {"train": list(isolated_atoms()), "valid": [], "test": []}
     minima, splits = [], {}
@@ -259,12 +317,15 @@ def main(argv=None):
     for part, frames in parts.items():
         write_frames(args.out / f"{part}.extxyz.gz", frames)
     write_frames(args.out / "minima.extxyz.gz", minima)
-    write_json(args.out / "splits.json", {"seed": args.seed, "settings": {
+    record = {"seed": args.seed, "settings": {
         "temperatures_K": list(args.temperatures), "conformers": args.conformers, "timestep_fs": MOLECULE_TIMESTEP,
         "friction_per_fs": MOLECULE_FRICTION, "interval": args.interval, "equilibrate": args.equilibrate, "frames": args.frames,
         "rattles": args.rattles, "extra_conformers": args.extra_conformers,
         "extra_temperatures_K": list(args.extra_temperatures), "method": "GFN2-xTB (tblite, defaults)"},
-        "isomers": {m: ISOMERS[m] for m in args.molecules}, "splits": splits})
+        "isomers": {m: ISOMERS[m] for m in args.molecules}, "splits": splits}
+    if (args.out / "splits.json").is_file():  # supplements made before stay recorded
+        record.update({k: v for k, v in json.loads((args.out / "splits.json").read_text()).items() if k == "supplements"})
+    write_json(args.out / "splits.json", record)
     print(f"wrote {', '.join(f'{p}: {len(f)}' for p, f in parts.items())} frames to {args.out}")
 
 

@@ -111,6 +111,23 @@ def test_organic_recipe_holds_out_whole_trajectories(tmp_path):
     assert not any(np.allclose(e.positions, s.positions) for e in extra for s in starts)  # another ensemble
     splits = json.loads((tmp_path / "splits.json").read_text())
     assert splits["splits"]["ethanol"]["extra_trajectories"] == ["ethanol_700K_c2", "ethanol_700K_c3"]
+    # a supplement: the extra conformers at other temperatures, in a file of their own
+    before = {p: (tmp_path / f"{p}.extxyz.gz").read_bytes() for p in ("train", "valid", "test")}
+    out = run("xtb_organic.py", "--out", tmp_path, *settings, "--extra-conformers", "2", "--extra-temperatures", "300",
+              "--supplement", "more.extxyz.gz")
+    assert "0 of 4 trajectories already done; running 4" in out
+    supplement = read(tmp_path / "more.extxyz.gz", index=":")
+    expected = [f"{m}_300K_c{c}" for m in ("ethanol", "malonaldehyde") for c in (2, 3)]
+    assert [f.info["trajectory"] for f in supplement[::3]] == expected and len(supplement) == 12
+    assert {f.info["temperature_K"] for f in supplement} == {300.0}
+    assert before == {p: (tmp_path / f"{p}.extxyz.gz").read_bytes() for p in ("train", "valid", "test")}
+    recorded = json.loads((tmp_path / "splits.json").read_text())["supplements"]["more.extxyz.gz"]
+    assert recorded["trajectories"] == expected and recorded["frames"] == 12
+    # the extra trajectories at 700 K are in train.extxyz.gz already: refused, naming them
+    again = subprocess.run([sys.executable, str(DATASETS / "xtb_organic.py"), "--out", str(tmp_path), *settings,
+                            "--extra-conformers", "2", "--extra-temperatures", "700", "--supplement", "x.extxyz.gz"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "at 700 K are in" in again.stderr
 
 
 def test_xtb_recipe_labels_with_gfn2(tmp_path):

@@ -26,7 +26,7 @@ from e2former_calc.model import E2Former, E2FormerConfig
 from e2former_calc.model_file import load_model
 from e2former_calc.neighbours import neighbour_list
 from e2former_calc.training import CheckpointError, Trainer, parse_config
-from e2former_calc.training.data import Sample, fit_e0, read_samples
+from e2former_calc.training.data import Sample, fit_e0, read_frames, read_samples
 
 TINY_MODEL = {"preset": "small", "channels": 8, "num_layers": 1, "num_heads": 2, "head_dim": 4,
               "feedforward_channels": 16, "radial_hidden": 16, "max_degree": 1, "cutoff": 4.0}
@@ -93,6 +93,8 @@ def test_config_errors_name_the_key():
         ({**base, "training": {"batch_size": 2.5}}, "training.batch_size must be an integer"),
         ({**base, "training": {"max_time_minutes": 0}}, "max_time_minutes must be positive"),
         ({**base, "training": {"clip_grad_norm": -1.0}}, "clip_grad_norm"),
+        ({**base, "data": {"train": []}}, "data.train must be a file or a non-empty list"),
+        ({**base, "data": {"train": ["x.xyz", 3]}}, "data.train must be a file or a non-empty list"),
     ]:
         with pytest.raises(ValueError, match=words):
             parse_config(bad)
@@ -164,6 +166,29 @@ def test_training_learns_and_writes_a_loadable_potential(copper_data, tmp_path):
     again.run()
     for k, v in load_model(path)[0].state_dict().items():
         assert torch.equal(v, model.state_dict()[k])
+
+
+def test_several_training_files_train_like_one_file_of_them_all(copper_data, tmp_path):
+    """``data.train`` as a list reads the files one after the other: the same weights, bit for bit,
+    as the one file that holds their frames in that order; a one-file list is that file."""
+    frames = read_frames(copper_data / "train.extxyz")
+    write(tmp_path / "first.extxyz", frames[:10])
+    write(tmp_path / "second.extxyz", frames[10:])
+    one = yaml.safe_load(write_config(tmp_path, copper_data, tmp_path / "one", max_epochs=2).read_text())
+    two = {**one, "data": {**one["data"], "train": [str(tmp_path / "first.extxyz"), str(tmp_path / "second.extxyz")]},
+           "output": str(tmp_path / "two")}
+    weights = []
+    for values in (one, two):
+        trainer = Trainer(parse_config(values), progress=False, log=lambda m: None)
+        weights.append(load_model(trainer.run())[0].state_dict())
+    assert len(trainer.train) == 16
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    assert parse_config({**one, "data": {**one["data"], "train": [one["data"]["train"]]}}).data.train == one["data"]["train"]
+    del frames[12].arrays["REF_forces"]
+    write(tmp_path / "second.extxyz", frames[10:])
+    with pytest.raises(ValueError, match=r"data.train .*second.extxyz: frame 2 has no forces"):
+        Trainer(parse_config({**two, "output": str(tmp_path / "three")}), progress=False, log=lambda m: None).run()
 
 
 def test_the_stress_term_trains(copper_data, tmp_path):

@@ -19,7 +19,7 @@ def test_the_configurations_are_found():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_a_shipped_training_configuration_parses_and_names_files_that_exist(path):
     config = load_config(path)
-    named = [config.data.train] + [config.data.valid] * (config.data.valid is not None)
+    named = config.train_files + [config.data.valid] * (config.data.valid is not None)
     if config.model.get("init_from"):
         named.append(config.model["init_from"])
     missing = [name for name in named if not (ROOT / name).is_file()]

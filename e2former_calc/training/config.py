@@ -3,7 +3,7 @@
 Example (every key shown; only ``data.train`` and ``output`` are required)::
 
     data:
-      train: datasets/xtb-rmd17/train.extxyz.gz    # any ASE-readable file
+      train: datasets/xtb-rmd17/train.extxyz.gz    # any ASE-readable file, or a list of them
       valid: datasets/xtb-rmd17/valid.extxyz.gz    # optional; else `valid_fraction` of train
       valid_fraction: 0.05
       energy_key: REF_energy
@@ -56,7 +56,7 @@ REPLACEABLE_ON_INIT = ("zbl", "zbl_switch_off")
 
 @dataclass(frozen=True)
 class DataSection:
-    train: str
+    train: str | list  # one file, or a list of files read one after the other
     valid: str | None = None
     valid_fraction: float = 0.05
     energy_key: str = "REF_energy"
@@ -98,6 +98,11 @@ class TrainConfig:
     @property
     def output_dir(self) -> Path:
         return Path(self.output)
+
+    @property
+    def train_files(self) -> list[str]:
+        """``data.train`` as a list of files (one, or several read in turn)."""
+        return [self.data.train] if isinstance(self.data.train, str) else list(self.data.train)
 
     @property
     def init_from(self) -> Path | None:
@@ -161,6 +166,13 @@ def parse_config(values: dict, source: str = "") -> TrainConfig:
     if "output" not in values:
         raise ValueError("training config: 'output:' (the run folder) is required")
     data = _section(DataSection, values["data"], "data")
+    train = data.train
+    if isinstance(train, (list, tuple)):
+        if not train or not all(isinstance(path, str) and path for path in train):
+            raise ValueError(f"training config: data.train must be a file or a non-empty list of files, got {train!r}")
+        data = dataclasses.replace(data, train=train[0] if len(train) == 1 else list(train))
+    elif not isinstance(train, str) or not train:
+        raise ValueError(f"training config: data.train must be a file or a non-empty list of files, got {train!r}")
     training = _section(TrainingSection, values.get("training"), "training")
     model = dict(values.get("model") or {})
     loss = {"energy": 1.0, "forces": 100.0, "stress": 10.0, **dict(training.loss)}

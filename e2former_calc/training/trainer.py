@@ -130,20 +130,22 @@ class Trainer:
     # -- data -------------------------------------------------------------------------------
     def _load_data(self) -> None:
         d = self.config.data
-        train = read_samples(d.train, d.energy_key, d.forces_key, d.stress_key)
-        if d.valid:
-            valid = read_samples(d.valid, d.energy_key, d.forces_key, d.stress_key)
-        else:  # a seeded fraction of the training file
+        self.train_parts = [(path, read_samples(path, d.energy_key, d.forces_key, d.stress_key))
+                            for path in self.config.train_files]  # one after the other
+        valid = read_samples(d.valid, d.energy_key, d.forces_key, d.stress_key) if d.valid else None
+        if d.forces_key is not None:
+            named = [(f"data.train {path}", samples) for path, samples in self.train_parts]
+            for where, samples in named + [("data.valid", valid or [])]:
+                missing = [k for k, s in enumerate(samples) if s.forces is None]
+                if missing:
+                    raise ValueError(f"{where}: frame {missing[0]} has no forces under {d.forces_key!r} "
+                                     "(set forces_key: null to train on energies only)")
+        train = [s for _, samples in self.train_parts for s in samples]
+        if valid is None:  # a seeded fraction of the training files
             order = np.random.default_rng(self.config.training.seed).permutation(len(train))
             n_valid = max(1, int(round(d.valid_fraction * len(train))))
             valid = [train[i] for i in order[:n_valid]]
             train = [train[i] for i in sorted(order[n_valid:])]
-        if d.forces_key is not None:
-            for name, samples in (("train", train), ("valid", valid)):
-                missing = [k for k, s in enumerate(samples) if s.forces is None]
-                if missing:
-                    raise ValueError(f"data.{name}: frame {missing[0]} has no forces under {d.forces_key!r} "
-                                     "(set forces_key: null to train on energies only)")
         self.train, self.valid = train, valid
 
     def _e0(self, species) -> list[float]:
@@ -166,8 +168,10 @@ class Trainer:
         self.e0 = self._e0(species)
         e0_by_z = dict(zip(species, self.e0))
         cutoff = float(self.config.model_config(1.0, 1.0).cutoff)
-        attach_neighbours(self.train, cutoff, "data.train")
-        attach_neighbours(self.valid, cutoff, "data.valid")
+        for path, samples in self.train_parts:  # a bad frame is named by its file and index there
+            attach_neighbours(samples, cutoff, f"data.train {path}")
+        if self.config.data.valid:  # else the validation frames are some of those just done
+            attach_neighbours(self.valid, cutoff, "data.valid")
         self.stats = statistics(self.train, e0_by_z)
         self.model_config = self.config.model_config(self.stats["rms_force"] or 1.0, self.stats["mean_neighbours"])
         torch.manual_seed(self.config.training.seed)

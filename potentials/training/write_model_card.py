@@ -173,6 +173,13 @@ def starting_point(provenance: dict) -> dict | None:
     return ast.literal_eval(provenance["init_from"])  # a dict written as text; literals only
 
 
+def training_files(train) -> list[str]:
+    """A provenance's ``train``: one file, or a list of them (written as text in older files)."""
+    if isinstance(train, str) and train.startswith("["):
+        train = ast.literal_eval(train)
+    return [train] if isinstance(train, str) else list(train)
+
+
 def start_lines(provenance: dict) -> list[str]:
     """The card's line on the weights a fine-tuned potential started from."""
     start = starting_point(provenance)
@@ -180,7 +187,7 @@ def start_lines(provenance: dict) -> list[str]:
         return []
     before = float(start["training_time_s"] or 0)
     return [f"- Fine-tuned from `{start['path']}` ({start['name']}, {before / 60:.1f} min of training behind it, the "
-            f"last on `{start['train']}`; SHA-256 {start['sha256'][:12]}…): "
+            f"last on {', '.join(f'`{path}`' for path in training_files(start['train']))}; SHA-256 {start['sha256'][:12]}…): "
             f"{training_seconds(provenance) / 60:.1f} min of training in all."]
 
 
@@ -189,7 +196,7 @@ def main(name: str) -> None:
     data = card["data"]
     content = read_model_file(ROOT / "potentials" / f"{name}.pt")
     provenance = content["provenance"]
-    if not str(provenance.get("train", "")).startswith(f"datasets/{data}/"):
+    if not all(path.startswith(f"datasets/{data}/") for path in training_files(provenance.get("train", ""))):
         raise SystemExit(f"potentials/{name}.pt was trained on {provenance.get('train')}, but the card text here is "
                          f"for datasets/{data}: ship the potential trained on it first")
     config_yaml = ROOT / "potentials" / "training" / f"{name}.yaml"
