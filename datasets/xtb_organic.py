@@ -47,10 +47,15 @@ conformer) and ``OUT/splits.json``.
 ``--extra-temperatures`` other than those of the data set in ``OUT`` (so none is in its
 ``train.extxyz.gz`` already), and writes them to ``OUT/NAME``: more training data beside the split
 files, which stay as they are (a training lists both files under ``data.train``); ``splits.json``
-records it. The shipped ``train-extra-500K-1000K.extxyz.gz``::
+records it. With ``--startup`` the runs are start-up runs instead: from the same starts, with
+their own seeds, ``--frames`` frames ``--interval`` steps apart from the first step on (no
+equilibration), the geometries an MD run started from a force-field conformer passes through
+first. The shipped supplements::
 
     python datasets/xtb_organic.py --out datasets/xtb-organic --supplement train-extra-500K-1000K.extxyz.gz \
         --extra-temperatures 500 1000
+    python datasets/xtb_organic.py --out datasets/xtb-organic --supplement train-startup.extxyz.gz --startup \
+        --extra-temperatures 300 500 700 1000 --frames 30
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ ISOMERS["malonaldehyde"].append("O/C=C/C=O")  # E enol, no internal hydrogen bon
 TEMPERATURES = (300, 500, 700, 1000)  # K
 EXTRA_TEMPERATURES = (700,)  # K: the extra conformers' trajectories
 EXTRA_ENSEMBLE_SEED = 1000  # added to the seed of the extra conformers' rdkit ensemble
+STARTUP_SEED = 50_000  # added to the trajectory seed of a start-up run (--startup)
 MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}  # ground-state spin multiplicity of the free atom
 EMBEDDINGS = 20  # rdkit embeddings per isomer before selection
 
@@ -136,29 +142,31 @@ def starting_conformers(path: Path, name: str, count: int, seed: int) -> list[At
     return starts
 
 
-def trajectory_file(raw: Path, name: str, temperature: float, conformer: int) -> Path:
-    """The raw file of one trajectory (a regular or an extra conformer's)."""
-    return raw / name / f"{int(temperature)}K_c{conformer}.extxyz.gz"
+def trajectory_file(raw: Path, name: str, temperature: float, conformer: int, startup: bool = False) -> Path:
+    """The raw file of one trajectory (a regular or an extra conformer's, or a start-up run)."""
+    return raw / name / f"{int(temperature)}K_c{conformer}{'_startup' if startup else ''}.extxyz.gz"
 
 
 def trajectory_seed(seed: int, name: str, temperature: float, conformer: int) -> int:
     return seed * 100_003 + sorted(MOLECULES).index(name) * 1009 + int(temperature) * 7 + conformer
 
 
-def run_trajectory(name: str, start: Atoms, temperature: float, conformer: int, args) -> list:
-    """Langevin MD with xTB from one conformer at one temperature; the kept frames, labelled."""
-    seed = trajectory_seed(args.seed, name, temperature, conformer)
+def run_trajectory(name: str, start: Atoms, temperature: float, conformer: int, args, startup: bool = False) -> list:
+    """Langevin MD with xTB from one conformer at one temperature; the kept frames, labelled. A
+    start-up run (its own seed) keeps its frames from the start instead of after the equilibration."""
+    seed = trajectory_seed(args.seed, name, temperature, conformer) + (STARTUP_SEED if startup else 0)
     atoms = start.copy()
     calculator = _xtb()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
     dynamics = molecule_langevin(atoms, temperature, rng)
-    dynamics.run(args.equilibrate)
+    dynamics.run(0 if startup else args.equilibrate)
     frames = []
     for k in range(args.frames):
         dynamics.run(args.interval)
         frames.append(label(atoms, calculator, config_type=name, temperature_K=float(temperature),
-                            trajectory=f"{name}_{int(temperature)}K_c{conformer}", conformer=conformer, frame=k))
+                            trajectory=f"{name}_{int(temperature)}K_c{conformer}{'_startup' if startup else ''}",
+                            conformer=conformer, frame=k))
     return frames
 
 
@@ -206,17 +214,19 @@ def run_jobs(jobs: dict, raw: Path, workers: int) -> None:
 
 def supplement(args) -> None:
     """``--supplement``: the extra conformers' trajectories at ``--extra-temperatures`` (none of the
-    data set's own) as one more training file, recorded in ``splits.json``."""
+    data set's own), or with ``--startup`` their start-up runs, as one more training file, recorded
+    in ``splits.json``."""
     splits_path = args.out / "splits.json"
     if not splits_path.is_file():
         raise SystemExit(f"--supplement adds to a data set: {splits_path} not found (make the data set first)")
     splits = json.loads(splits_path.read_text())
     settings = splits["settings"]
     taken = sorted(set(map(float, args.extra_temperatures)) & set(map(float, settings["extra_temperatures_K"])))
-    if taken:
+    if taken and not args.startup:
         raise SystemExit(f"--supplement: the extra trajectories at {', '.join(f'{t:g}' for t in taken)} K are in "
                          f"{args.out / 'train.extxyz.gz'} already")
-    for key in ("conformers", "extra_conformers", "interval", "equilibrate", "frames"):
+    same = ("conformers", "extra_conformers") + (() if args.startup else ("interval", "equilibrate", "frames"))
+    for key in same:
         if getattr(args, key) != settings[key]:
             raise SystemExit(f"--supplement: --{key.replace('_', '-')} must be the data set's ({settings[key]}), "
                              f"got {getattr(args, key)}")
@@ -230,13 +240,15 @@ def supplement(args) -> None:
                                      args.seed + EXTRA_ENSEMBLE_SEED + index)
         for c, start in enumerate(starts, start=args.conformers):
             for temperature in args.extra_temperatures:
-                jobs[trajectory_file(raw, name, temperature, c)] = (run_trajectory, (name, start, temperature, c, args))
+                jobs[trajectory_file(raw, name, temperature, c, args.startup)] = (
+                    run_trajectory, (name, start, temperature, c, args, args.startup))
     run_jobs(jobs, raw, args.workers)
     trajectories = [read_frames(path) for path in jobs]
     frames = [f for trajectory in trajectories for f in trajectory]
     write_frames(args.out / args.supplement, frames)
     splits.setdefault("supplements", {})[args.supplement] = {
         "molecules": list(args.molecules), "extra_temperatures_K": list(args.extra_temperatures),
+        **({"startup": True, "frames_per_run": args.frames, "interval": args.interval} if args.startup else {}),
         "trajectories": [trajectory[0].info["trajectory"] for trajectory in trajectories], "frames": len(frames)}
     write_json(splits_path, splits)
     print(f"wrote {len(frames)} frames to {args.out / args.supplement}")
@@ -260,6 +272,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--supplement", metavar="NAME",
                         help="run only the extra conformers at --extra-temperatures and write them to OUT/NAME")
+    parser.add_argument("--startup", action="store_true",
+                        help="with --supplement: start-up runs (own seeds), frames kept from the start, no equilibration")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     if args.conformers < 2:
@@ -267,6 +281,8 @@ def main(argv=None):
     if args.extra_conformers < 0:
         parser.error("--extra-conformers must be 0 or more")
 
+    if args.startup and not args.supplement:
+        parser.error("--startup makes a supplement: give --supplement NAME too")
     if args.supplement:
         return supplement(args)
 

@@ -128,6 +128,17 @@ def test_organic_recipe_holds_out_whole_trajectories(tmp_path):
                             "--extra-conformers", "2", "--extra-temperatures", "700", "--supplement", "x.extxyz.gz"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and "at 700 K are in" in again.stderr
+    # start-up runs: from the same starts with their own seeds, frames from the first steps on
+    two_frames = [("2" if k == settings.index("--frames") + 1 else value) for k, value in enumerate(settings)]
+    run("xtb_organic.py", "--out", tmp_path, *two_frames, "--extra-conformers", "2", "--extra-temperatures", "700",
+        "--supplement", "startup.extxyz.gz", "--startup")
+    startup = read(tmp_path / "startup.extxyz.gz", index=":")
+    assert [f.info["trajectory"] for f in startup[::2]] == [f"{m}_700K_c{c}_startup" for m in ("ethanol", "malonaldehyde")
+                                                            for c in (2, 3)]
+    regular = {f.info["trajectory"]: f for f in extended["train"] if f.info["frame"] == 0}
+    assert not np.allclose(startup[0].positions, regular["ethanol_700K_c2"].positions)
+    recorded = json.loads((tmp_path / "splits.json").read_text())["supplements"]
+    assert recorded["startup.extxyz.gz"]["startup"] and "more.extxyz.gz" in recorded
 
 
 def test_xtb_recipe_labels_with_gfn2(tmp_path):
