@@ -77,13 +77,21 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
 
 
 #: The lean edge stage takes the channels in groups of ``G`` per sparse product:
-#: ``G = clamp(GROUP_ENTRIES // E, MIN_GROUP, C)``. A small graph needs one product per operation
-#: (``G = C``); a large one keeps index arrays of ``O(G E)``, never ``O(C E)``.
+#: ``G = clamp(max(GROUP_ENTRIES // E, ceil(C / MAX_GROUPS)), MIN_GROUP, C)``. A small graph needs
+#: one product per operation (``G = C``); a large one keeps index arrays of ``O(G E)``, never
+#: ``O(C E)`` unless ``C <= MIN_GROUP``.
 GROUP_ENTRIES = 2**20
 #: Smallest group. Smaller groups hold smaller index arrays (about ``24 G`` bytes per edge) but
 #: read ``values`` and the weights in shorter contiguous runs: on this project's CPU (emt-cu, 4,000
 #: atoms, ``C = 24``, energy+forces) ``G = 6`` cost 4% more time than one group, ``G = 8`` 0.6%.
 MIN_GROUP = 8
+#: Most products per operation. Every product reads its own slice of the weights and writes its own
+#: slice of the output, which costs more than the cache the smaller slices save: at ``C = 128``
+#: (1,728 atoms, K = 80, f = 1, forward and backward, one thread) groups of 32 took 0.82 of the time
+#: of groups of 8, at f = 2 the same (``benchmarks/conv_groups.py``). The price is memory: index
+#: arrays of about ``25 G`` bytes per edge (815 against 229 there), at most about ``6 C``, 1.6 times
+#: the ``[E, C]`` float32 weights. With ``C <= 4 MIN_GROUP`` (the shipped potentials) nothing changes.
+MAX_GROUPS = 4
 
 # the three slots of a trilinear edge form, in the order its operands are passed
 _SLOTS = ("edge", "source", "target")
@@ -135,7 +143,8 @@ class _LeanEdgeForm:
 
     Tensors keep their natural layout (``[rows, C, K]``); per-edge tensors are in *canonical*
     order: the edges stably sorted by target (the given order when it is sorted already, as
-    neighbour lists are). Channels go in groups of ``G`` (:data:`GROUP_ENTRIES`). The sparse
+    neighbour lists are). Channels go in groups of ``G`` (:data:`GROUP_ENTRIES`, :data:`MIN_GROUP`,
+    :data:`MAX_GROUPS`). The sparse
     matrix of the group that starts at channel ``c0`` has rows ``t*G + c`` and columns
     ``s*C + c``, and multiplies the dense rows ``values.view(-1, K)[c0:]``: every group of one
     size shares one pattern (column indices and the positions of its ``G * E`` values in the
@@ -159,7 +168,8 @@ class _LeanEdgeForm:
             self.inverse_order[self.order] = torch.arange(self.n_edges, device=self.device)
             self.canonical_targets = targets.index_select(0, self.order)
         self.target_entries = _Rows(self.canonical_targets, self.n_targets)
-        self.group_size = max(1, min(self.channels, max(MIN_GROUP, GROUP_ENTRIES // max(self.n_edges, 1))))
+        wanted = max(GROUP_ENTRIES // max(self.n_edges, 1), -(-self.channels // MAX_GROUPS))
+        self.group_size = max(1, min(self.channels, max(MIN_GROUP, wanted)))
         self._patterns = {}
         self._zeros = {}
 
@@ -183,7 +193,8 @@ class _LeanEdgeForm:
     # -- structure ------------------------------------------------------------------------------
     def groups(self) -> list[tuple[int, int]]:
         """``(first channel, size)`` of each sparse product: near-equal sizes, at most
-        ``group_size`` (fixed at construction from :data:`GROUP_ENTRIES` and :data:`MIN_GROUP`)."""
+        ``group_size`` (fixed at construction from :data:`GROUP_ENTRIES`, :data:`MIN_GROUP` and
+        :data:`MAX_GROUPS`)."""
         n_groups = -(-self.channels // self.group_size)
         size = -(-self.channels // n_groups)
         return [(start, min(size, self.channels - start)) for start in range(0, self.channels, size)]

@@ -16,14 +16,16 @@ def _leave_the_global_generator_alone():
         yield
 
 
-# (GROUP_ENTRIES, MIN_GROUP): one product for all channels; equal groups; uneven groups; one per channel
-GROUPINGS = [(2**20, 8), (30, 2), (44, 3), (1, 1)]
+# (GROUP_ENTRIES, MIN_GROUP, MAX_GROUPS): one product for all channels; equal groups; uneven
+# groups; one per channel; as few groups as MAX_GROUPS allows (C = 5: groups of 3 and 2)
+GROUPINGS = [(2**20, 8, 4), (30, 2, 100), (44, 3, 100), (1, 1, 100), (1, 1, 2)]
 
 
-@pytest.fixture(params=GROUPINGS, ids=["one-group", "equal-groups", "uneven-groups", "per-channel"])
+@pytest.fixture(params=GROUPINGS, ids=["one-group", "equal-groups", "uneven-groups", "per-channel", "max-groups"])
 def grouping(request, monkeypatch):
     monkeypatch.setattr(aggregation, "GROUP_ENTRIES", request.param[0])
     monkeypatch.setattr(aggregation, "MIN_GROUP", request.param[1])
+    monkeypatch.setattr(aggregation, "MAX_GROUPS", request.param[2])
     return request.param
 
 
@@ -67,6 +69,8 @@ def test_values_first_and_second_derivatives_equal_the_block_csr_reference(group
     reference = BlockCSRAggregation(sources, targets, 7, 6, 5)
     if grouping[0] < 2**20:
         assert len(lean.groups()) > 1
+    if grouping[2] == 2:  # MAX_GROUPS: two products for five channels, however small MIN_GROUP
+        assert [size for _, size in lean.groups()] == [3, 2]
     names = ("out", "edge_inner", "d values", "d weights", "d target_values", "dd values", "dd weights", "dd targets")
     for name, a, b in zip(names, _derivatives(lean, values, weights, target_values),
                           _derivatives(reference, values, weights, target_values)):
