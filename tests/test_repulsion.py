@@ -161,8 +161,9 @@ def test_only_edges_inside_the_switch_off_radius_are_computed(monkeypatch):
 def test_files_from_before_the_switch_off_setting_keep_the_covalent_radii(tmp_path):
     """A file whose hyper-parameters lack ``zbl_switch_off`` was trained with the switch at the
     full covalent radii: it loads with 1.0, not today's default, and gives the energies it gave."""
-    shipped, _ = load_model(POTENTIALS / "e2former-xtb-organic.pt")  # written before the setting
-    assert "zbl_switch_off" not in read_model_file(POTENTIALS / "e2former-xtb-organic.pt")["config"]
+    legacy = POTENTIALS / "training" / "e2former-xtb-organic-finetune5.pt"  # shipped until 2026-12-05
+    shipped, _ = load_model(legacy)  # written before the setting
+    assert "zbl_switch_off" not in read_model_file(legacy)["config"]
     assert shipped.config.zbl and shipped.config.zbl_switch_off == LEGACY_SWITCH_OFF
 
     calc, _ = calculators(switch_off=LEGACY_SWITCH_OFF)
