@@ -48,9 +48,9 @@ conformer) and ``OUT/splits.json``.
 ``train.extxyz.gz`` already), and writes them to ``OUT/NAME``: more training data beside the split
 files, which stay as they are (a training lists both files under ``data.train``); ``splits.json``
 records it. With ``--startup`` the runs are start-up runs instead: from the same starts, with
-their own seeds, ``--frames`` frames ``--interval`` steps apart from the first step on (no
-equilibration), the geometries an MD run started from a force-field conformer passes through
-first. The shipped supplements::
+their own seeds, ``--frames`` frames ``--interval`` steps apart from the start (no equilibration:
+the first frame after one interval), the geometries an MD run started from a force-field
+conformer passes through first. The shipped supplements::
 
     python datasets/xtb_organic.py --out datasets/xtb-organic --supplement train-extra-500K-1000K.extxyz.gz \
         --extra-temperatures 500 1000
@@ -84,6 +84,7 @@ ISOMERS["azobenzene"].append("C1=CC=C(C=C1)/N=N\\C2=CC=CC=C2")  # cis
 ISOMERS["malonaldehyde"].append("O/C=C/C=O")  # E enol, no internal hydrogen bond
 TEMPERATURES = (300, 500, 700, 1000)  # K
 EXTRA_TEMPERATURES = (700,)  # K: the extra conformers' trajectories
+PARTS = ("train.extxyz.gz", "valid.extxyz.gz", "test.extxyz.gz", "minima.extxyz.gz", "splits.json")  # its own files
 EXTRA_ENSEMBLE_SEED = 1000  # added to the seed of the extra conformers' rdkit ensemble
 STARTUP_SEED = 50_000  # added to the trajectory seed of a start-up run (--startup)
 MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}  # ground-state spin multiplicity of the free atom
@@ -221,10 +222,18 @@ def supplement(args) -> None:
         raise SystemExit(f"--supplement adds to a data set: {splits_path} not found (make the data set first)")
     splits = json.loads(splits_path.read_text())
     settings = splits["settings"]
-    taken = sorted(set(map(float, args.extra_temperatures)) & set(map(float, settings["extra_temperatures_K"])))
+    if args.supplement in PARTS or Path(args.supplement).name != args.supplement:
+        raise SystemExit(f"--supplement: {args.supplement!r} must be a new file name in {args.out}, not one of "
+                         f"{', '.join(PARTS)} or a path")
+    wanted = set(map(float, args.extra_temperatures))
+    taken = sorted(wanted & set(map(float, settings["extra_temperatures_K"])))
     if taken and not args.startup:
         raise SystemExit(f"--supplement: the extra trajectories at {', '.join(f'{t:g}' for t in taken)} K are in "
                          f"{args.out / 'train.extxyz.gz'} already")
+    for other, record in splits.get("supplements", {}).items():  # the same runs in two files: trained twice
+        both = sorted(wanted & set(map(float, record["extra_temperatures_K"])))
+        if other != args.supplement and bool(record.get("startup")) == args.startup and both:
+            raise SystemExit(f"--supplement: {other} holds these runs at {', '.join(f'{t:g}' for t in both)} K already")
     same = ("conformers", "extra_conformers") + (() if args.startup else ("interval", "equilibrate", "frames"))
     for key in same:
         if getattr(args, key) != settings[key]:
@@ -244,6 +253,10 @@ def supplement(args) -> None:
                     run_trajectory, (name, start, temperature, c, args, args.startup))
     run_jobs(jobs, raw, args.workers)
     trajectories = [read_frames(path) for path in jobs]
+    stale = [path for path, frames in zip(jobs, trajectories) if len(frames) != args.frames]
+    if stale:  # a raw file of an earlier run with other settings (its name does not say them)
+        raise SystemExit(f"--supplement: {stale[0]} has {len(read_frames(stale[0]))} frames, not --frames "
+                         f"{args.frames}: delete the raw files of that earlier run")
     frames = [f for trajectory in trajectories for f in trajectory]
     write_frames(args.out / args.supplement, frames)
     splits.setdefault("supplements", {})[args.supplement] = {
@@ -273,7 +286,7 @@ def main(argv=None):
     parser.add_argument("--supplement", metavar="NAME",
                         help="run only the extra conformers at --extra-temperatures and write them to OUT/NAME")
     parser.add_argument("--startup", action="store_true",
-                        help="with --supplement: start-up runs (own seeds), frames kept from the start, no equilibration")
+                        help="with --supplement: start-up runs (own seeds), no equilibration: a frame every --interval steps from the start")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     if args.conformers < 2:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -139,6 +140,26 @@ def test_organic_recipe_holds_out_whole_trajectories(tmp_path):
     assert not np.allclose(startup[0].positions, regular["ethanol_700K_c2"].positions)
     recorded = json.loads((tmp_path / "splits.json").read_text())["supplements"]
     assert recorded["startup.extxyz.gz"]["startup"] and "more.extxyz.gz" in recorded
+
+
+def test_a_startup_run_has_its_own_seed_and_no_equilibration():
+    """Same start, same steps: a start-up run differs from the regular trajectory by its seed
+    alone, and it keeps its frames from the start whatever --equilibrate says."""
+    pytest.importorskip("tblite")
+    sys.path.insert(0, str(DATASETS))
+    import xtb_organic
+    from ase.build import molecule
+
+    start = molecule("CH3CH2OH")
+    args = SimpleNamespace(seed=23, equilibrate=0, interval=2, frames=1)
+    regular = xtb_organic.run_trajectory("ethanol", start, 700.0, 3, args)[0]
+    startup = xtb_organic.run_trajectory("ethanol", start, 700.0, 3, args, startup=True)[0]
+    assert regular.info["trajectory"] == "ethanol_700K_c3" and startup.info["trajectory"] == "ethanol_700K_c3_startup"
+    assert not np.allclose(regular.positions, startup.positions)  # other velocities and noise
+    equilibrated = SimpleNamespace(seed=23, equilibrate=50, interval=2, frames=1)
+    again = xtb_organic.run_trajectory("ethanol", start, 700.0, 3, equilibrated, startup=True)[0]
+    # --equilibrate does not apply (to rounding: tblite may run threaded here, torch loaded first)
+    np.testing.assert_allclose(again.positions, startup.positions, rtol=0, atol=1e-8)
 
 
 def test_xtb_recipe_labels_with_gfn2(tmp_path):

@@ -161,6 +161,8 @@ def test_only_edges_inside_the_switch_off_radius_are_computed(monkeypatch):
 def test_files_from_before_the_switch_off_setting_keep_the_covalent_radii(tmp_path):
     """A file whose hyper-parameters lack ``zbl_switch_off`` was trained with the switch at the
     full covalent radii: it loads with 1.0, not today's default, and gives the energies it gave."""
+    for name in ("e2former-xtb-organic", "e2former-emt-cu"):  # both shipped now: trained with the default
+        assert load_model(POTENTIALS / f"{name}.pt")[0].config.zbl_switch_off == DEFAULT_SWITCH_OFF
     legacy = POTENTIALS / "training" / "e2former-xtb-organic-finetune5.pt"  # shipped until 2026-12-05
     shipped, _ = load_model(legacy)  # written before the setting
     assert "zbl_switch_off" not in read_model_file(legacy)["config"]

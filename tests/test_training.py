@@ -185,6 +185,14 @@ def test_several_training_files_train_like_one_file_of_them_all(copper_data, tmp
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
     assert parse_config({**one, "data": {**one["data"], "train": [one["data"]["train"]]}}).data.train == one["data"]["train"]
+    # without a valid file the seeded fraction is drawn from the frames of all files, as from one file
+    splits = []
+    for values in (one, two):
+        trainer = Trainer(parse_config({**values, "data": {k: v for k, v in values["data"].items() if k != "valid"}}),
+                          progress=False, log=lambda m: None)
+        trainer._load_data()
+        splits.append([[s.energy for s in part] for part in (trainer.train, trainer.valid)])
+    assert splits[0] == splits[1] and len(splits[0][1]) == 1
     del frames[12].arrays["REF_forces"]
     write(tmp_path / "second.extxyz", frames[10:])
     with pytest.raises(ValueError, match=r"data.train .*second.extxyz: frame 2 has no forces"):

@@ -78,8 +78,9 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
 
 #: The lean edge stage takes the channels in groups of ``G`` per sparse product:
 #: ``G = clamp(max(GROUP_ENTRIES // E, ceil(C / MAX_GROUPS)), MIN_GROUP, C)``. A small graph needs
-#: one product per operation (``G = C``); a large one keeps index arrays of ``O(G E)``, never
-#: ``O(C E)`` unless ``C <= MIN_GROUP``.
+#: one product per operation (``G = C``); a large one keeps index arrays of ``O(G E)`` with
+#: ``G = max(MIN_GROUP, ceil(C / MAX_GROUPS))``: a quarter of the ``C E`` entries of one product for
+#: wide features, a fixed ``MIN_GROUP E`` for narrow ones.
 GROUP_ENTRIES = 2**20
 #: Smallest group. Smaller groups hold smaller index arrays (about ``24 G`` bytes per edge) but
 #: read ``values`` and the weights in shorter contiguous runs: on this project's CPU (emt-cu, 4,000
@@ -87,10 +88,11 @@ GROUP_ENTRIES = 2**20
 MIN_GROUP = 8
 #: Most products per operation. Every product reads its own slice of the weights and writes its own
 #: slice of the output, which costs more than the cache the smaller slices save: at ``C = 128``
-#: (1,728 atoms, K = 80, f = 1, forward and backward, one thread) groups of 32 took 0.82 of the time
+#: (1,728 atoms, K = 80, f = 1, forward and backward, one thread) groups of 32 took 0.83 of the time
 #: of groups of 8, at f = 2 the same (``benchmarks/conv_groups.py``). The price is memory: index
-#: arrays of about ``25 G`` bytes per edge (815 against 229 there), at most about ``6 C``, 1.6 times
-#: the ``[E, C]`` float32 weights. With ``C <= 4 MIN_GROUP`` (the shipped potentials) nothing changes.
+#: arrays of about ``25 G`` bytes per edge (815 against 229 there): for a large graph about ``6 C``,
+#: 1.6 times the ``[E, C]`` float32 weights. With ``C <= 4 MIN_GROUP`` (the shipped potentials)
+#: nothing changes.
 MAX_GROUPS = 4
 
 # the three slots of a trilinear edge form, in the order its operands are passed

@@ -66,7 +66,7 @@ CARDS = {
             "sessions) and this file, its fine-tuning on the training set and both supplements (12 epochs). The "
             "potentials shipped before were a chain of fine-tunings of the first organic potential "
             "(`potentials/training/e2former-xtb-organic-rmd17.pt` to `-finetune5.pt`).",
-            "Cis-azobenzene's held-out 700 K trajectory stays the worst test trajectory (44.1 meV/Å; the aim was "
+            "Cis-azobenzene's held-out 700 K trajectory stays the worst at 700 K (44.1 meV/Å; the aim was "
             "40): its first 17 frames (69 meV/Å; the rest 34) are cis geometries with narrow CNN angles, still "
             "relaxing from the force-field start; the first nine lie 0.18-0.22 Å from the nearest training frame "
             "of azobenzene even with the supplements (0.26-0.34 without; docs/accuracy.md). Geometries that far from "
@@ -172,7 +172,8 @@ def starting_point(provenance: dict) -> dict | None:
 
 
 def training_files(train) -> list[str]:
-    """A provenance's ``train``: one file, or a list of them (written as text in older files)."""
+    """A provenance's ``train``: one file, or a list of them (provenance values are stored as text, so a
+    list comes back as its repr)."""
     if isinstance(train, str) and train.startswith("["):
         train = ast.literal_eval(train)
     return [train] if isinstance(train, str) else list(train)

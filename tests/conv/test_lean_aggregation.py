@@ -148,6 +148,17 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
+def test_the_default_group_policy_runs_at_most_four_products_and_keeps_narrow_groups():
+    """40,000 edges (2^20 / E = 26): C = 128 takes four groups of 32 (not five of 26), C = 24 one
+    product; 200,000 edges (2^20 / E = 5): C = 24 takes groups of MIN_GROUP = 8."""
+    gen = torch.Generator().manual_seed(7)
+    sources, targets = torch.randint(0, 2000, (2, 40_000), generator=gen)
+    assert [n for _, n in EdgeAggregation(sources, targets, 2000, 2000, 128).groups()] == [32] * 4
+    assert EdgeAggregation(sources, targets, 2000, 2000, 24).groups() == [(0, 24)]
+    sources, targets = torch.randint(0, 8000, (2, 200_000), generator=gen)
+    assert [n for _, n in EdgeAggregation(sources, targets, 8000, 8000, 24).groups()] == [8] * 3
+
+
 def test_index_arrays_are_o_of_e_and_no_edge_channel_component_tensor_is_made(monkeypatch):
     """A periodic box of 216 atoms, C = 32, K = 9: with groups of 8 channels no index array and
     no tensor of the forward and double-backward passes has E * C * K entries (it would be E * C
