@@ -253,10 +253,10 @@ def supplement(args) -> None:
                     run_trajectory, (name, start, temperature, c, args, args.startup))
     run_jobs(jobs, raw, args.workers)
     trajectories = [read_frames(path) for path in jobs]
-    stale = [path for path, frames in zip(jobs, trajectories) if len(frames) != args.frames]
+    stale = [(path, len(frames)) for path, frames in zip(jobs, trajectories) if len(frames) != args.frames]
     if stale:  # a raw file of an earlier run with other settings (its name does not say them)
-        raise SystemExit(f"--supplement: {stale[0]} has {len(read_frames(stale[0]))} frames, not --frames "
-                         f"{args.frames}: delete the raw files of that earlier run")
+        raise SystemExit(f"--supplement: {stale[0][0]} has {stale[0][1]} frames, not --frames {args.frames}: "
+                         "delete the raw files of that earlier run")
     frames = [f for trajectory in trajectories for f in trajectory]
     write_frames(args.out / args.supplement, frames)
     splits.setdefault("supplements", {})[args.supplement] = {

@@ -166,13 +166,10 @@ def parse_config(values: dict, source: str = "") -> TrainConfig:
     if "output" not in values:
         raise ValueError("training config: 'output:' (the run folder) is required")
     data = _section(DataSection, values["data"], "data")
-    train = data.train
-    if isinstance(train, (list, tuple)):
-        if not train or not all(isinstance(path, str) and path for path in train):
-            raise ValueError(f"training config: data.train must be a file or a non-empty list of files, got {train!r}")
-        data = dataclasses.replace(data, train=train[0] if len(train) == 1 else list(train))
-    elif not isinstance(train, str) or not train:
-        raise ValueError(f"training config: data.train must be a file or a non-empty list of files, got {train!r}")
+    files = list(data.train) if isinstance(data.train, (list, tuple)) else [data.train]
+    if not files or not all(isinstance(path, str) and path for path in files):
+        raise ValueError(f"training config: data.train must be a file or a non-empty list of files, got {data.train!r}")
+    data = dataclasses.replace(data, train=files[0] if len(files) == 1 else files)  # one file stays a string
     training = _section(TrainingSection, values.get("training"), "training")
     model = dict(values.get("model") or {})
     loss = {"energy": 1.0, "forces": 100.0, "stress": 10.0, **dict(training.loss)}
