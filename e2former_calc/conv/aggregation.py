@@ -116,6 +116,21 @@ def _index_dtype(largest: int) -> torch.dtype:
     return torch.int32 if largest < 2**31 - 1 else torch.int64
 
 
+def scale_by_heads(weights: torch.Tensor, head_weights: torch.Tensor) -> torch.Tensor:
+    """``w[e, c] = head_weights[e, c // (C / H)] * weights[e, c]``: per-head weights ``[E, H]``
+    spread over the ``C / H`` consecutive channels of each head, times ``weights`` ``[E, C]``."""
+    heads = head_weights.shape[1]
+    return (head_weights.unsqueeze(-1) * weights.unflatten(1, (heads, -1))).flatten(1)
+
+
+def check_head_weights(head_weights: torch.Tensor, n_edges: int, channels: int) -> None:
+    """A clear error unless ``head_weights`` is ``[n_edges, H]`` with ``H`` dividing ``channels``."""
+    if (head_weights.ndim != 2 or head_weights.shape[0] != n_edges or head_weights.shape[1] == 0
+            or channels % head_weights.shape[1]):
+        raise ValueError(f"head weights must have shape [{n_edges}, H] with H dividing the {channels} channels, "
+                         f"got {tuple(head_weights.shape)}")
+
+
 class _Rows:
     """Entries sorted by row (``rows`` non-decreasing, ``n_rows`` rows) laid out for a group of
     ``G`` channels: CSR row ``r * G + c`` holds the entries of row ``r`` for channel ``c``."""
@@ -317,7 +332,8 @@ class EdgeAggregation(_LeanEdgeForm):
         return self._from_canonical(_Trilinear.apply(self, "edge", values, target_values))
 
     def of_products(self, x: torch.Tensor, rows: torch.Tensor, coupling: torch.Tensor, weights: torch.Tensor,
-                    columns: torch.Tensor | None = None, products: torch.Tensor | None = None) -> torch.Tensor:
+                    columns: torch.Tensor | None = None, products: torch.Tensor | None = None,
+                    head_weights: torch.Tensor | None = None) -> torch.Tensor:
         """This aggregation of per-source tensor products ``values = (x[rows] @ coupling)[..., columns]``
         that the backward pass recomputes instead of keeping them.
 
@@ -335,16 +351,24 @@ class EdgeAggregation(_LeanEdgeForm):
             columns: ``[K_f]`` columns of the product to aggregate (None: all ``K``).
             products: ``x[rows] @ coupling`` when the caller has it already (several ``columns``
                 of one product), used as given in the forward pass only.
+            head_weights: ``[E, H]`` (``H`` dividing ``C``): the weights are then
+                ``scale_by_heads(weights, head_weights)`` (:func:`scale_by_heads`), which neither
+                pass keeps: both make it from its two factors when they need it (the factors are
+                kept; an attention layer keeps them anyway).
 
         Returns:
             ``[n_targets, C, K_f]``.
         """
         self._check_weights(weights)
+        if head_weights is not None:
+            check_head_weights(head_weights, self.n_edges, self.channels)
+            head_weights = self._to_canonical(head_weights)
         if products is None:
             with torch.no_grad():
                 products = torch.bmm(x.index_select(0, rows), coupling)
         values = products.detach() if columns is None else products.detach().index_select(2, columns)
-        return _ProductsAggregate.apply(self, x, rows, coupling, columns, self._to_canonical(weights), values)
+        return _ProductsAggregate.apply(self, x, rows, coupling, columns, self._to_canonical(weights), values,
+                                        head_weights)
 
     def _build_pattern(self, kind, group):
         C = self.channels
@@ -503,26 +527,29 @@ class _ProductsAggregate(torch.autograd.Function):
     """``face "target"(w, P)`` with ``P = (x[rows] @ coupling)[..., columns]`` given in the forward
     pass (``values``) and recomputed from ``x`` and ``coupling`` in the backward pass, whose
     operations are differentiable, so that every order of derivative is available
-    (:meth:`EdgeAggregation.of_products`)."""
+    (:meth:`EdgeAggregation.of_products`). With ``head_weights`` the weights are
+    ``w = scale_by_heads(weights, head_weights)``, made in each pass from the two factors."""
 
     @staticmethod
-    def forward(ctx, form, x, rows, coupling, columns, weights, values):
-        ctx.save_for_backward(x, coupling, weights)
+    def forward(ctx, form, x, rows, coupling, columns, weights, values, head_weights):
+        ctx.save_for_backward(x, coupling, weights, head_weights)
         ctx.form, ctx.rows, ctx.columns = form, rows, columns
-        return form.face("target", weights, values)
+        full = weights if head_weights is None else scale_by_heads(weights, head_weights)
+        return form.face("target", full, values)
 
     @staticmethod
     def backward(ctx, grad):
-        x, coupling, weights = ctx.saved_tensors
+        x, coupling, weights, head_weights = ctx.saved_tensors
         form, rows, columns = ctx.form, ctx.rows, ctx.columns
-        need_x, need_coupling, need_weights = (ctx.needs_input_grad[i] for i in (1, 3, 5))
-        grad_x = grad_coupling = grad_weights = None
+        need_x, need_coupling, need_weights, need_heads = (ctx.needs_input_grad[i] for i in (1, 3, 5, 7))
+        grad_x = grad_coupling = grad_weights = grad_heads = None
+        full = weights if head_weights is None else scale_by_heads(weights, head_weights)  # [E, C]
         # only the aggregated columns of the coupling: [U, D, K_f]
         selected = coupling if columns is None else coupling.index_select(2, columns)
         # one [U, C, K_f] tensor at a time: the gradient of the products, then the products themselves
-        gathered = x.index_select(0, rows) if need_coupling or need_weights else None  # [U, C, D]
+        gathered = x.index_select(0, rows) if need_coupling or need_weights or need_heads else None  # [U, C, D]
         if need_x or need_coupling:
-            grad_values = _Trilinear.apply(form, "source", weights, grad)  # [U, C, K_f]
+            grad_values = _Trilinear.apply(form, "source", full, grad)  # [U, C, K_f]
             if need_x:
                 grad_x = scatter_sum(torch.bmm(grad_values, selected.transpose(1, 2)), rows, x.shape[0])
             if need_coupling:
@@ -530,9 +557,16 @@ class _ProductsAggregate(torch.autograd.Function):
                 if columns is not None:
                     grad_coupling = grad_coupling.new_zeros(coupling.shape).index_add(2, columns, grad_coupling)
             del grad_values
-        if need_weights:
-            grad_weights = _Trilinear.apply(form, "edge", torch.bmm(gathered, selected), grad)
-        return None, grad_x, None, grad_coupling, None, grad_weights, None
+        if need_weights or need_heads:
+            grad_full = _Trilinear.apply(form, "edge", torch.bmm(gathered, selected), grad)  # [E, C]
+            if head_weights is None:
+                grad_weights = grad_full
+            else:
+                if need_weights:
+                    grad_weights = scale_by_heads(grad_full, head_weights)
+                if need_heads:  # sum over each head's channels of dL/dw * weights
+                    grad_heads = (grad_full * weights).unflatten(1, (head_weights.shape[1], -1)).sum(-1)
+        return None, grad_x, None, grad_coupling, None, grad_weights, None, grad_heads
 
 
 class _BlockCSR:

@@ -26,6 +26,7 @@ import torch
 
 from ..so3.coupling import addition_coefficient, recoupling_coefficients, wigner_3j
 from ..so3.solid_harmonics import solid_harmonics
+from .aggregation import check_head_weights, scale_by_heads
 from .base import Convolution
 from .graph import ConvGraph
 from .plan import ConvPlan
@@ -178,10 +179,18 @@ class Wigner6jConvolution(Convolution):
         return ConvPlan.build(graph, self.resolve(dtype, cutoff)[1], self.channels)
 
     def forward(self, x: torch.Tensor, graph: ConvGraph, edge_weights: torch.Tensor,
-                plan: ConvPlan | None = None) -> torch.Tensor:
+                plan: ConvPlan | None = None, head_weights: torch.Tensor | None = None) -> torch.Tensor:
         """As :class:`~e2former_calc.conv.base.Convolution`; ``plan`` from :meth:`plan` (made on the
-        spot when None: keep it when the same edges are evaluated again)."""
+        spot when None: keep it when the same edges are evaluated again).
+
+        ``head_weights`` ``[E, H]`` (``H`` dividing ``C``; None: all ones): per-head factors of the
+        edge weights, ``w[e, f, c] = head_weights[e, c // (C / H)] edge_weights[e, f, c]`` (attention
+        weights times radial functions). The same numbers as passing that product; with
+        ``recompute_products`` the product ``[E, C]`` is then not kept for the backward pass (its
+        two factors are)."""
         self.check_inputs(x, graph, edge_weights)
+        if head_weights is not None:
+            check_head_weights(head_weights, graph.n_edges, self.channels)
         out_dtype = x.dtype
         dtype, block_side = self.resolve(x.dtype, 1.0)
         if plan is None:
@@ -190,6 +199,8 @@ class Wigner6jConvolution(Convolution):
             raise ValueError(f"the plan is for {plan.channels} channels and blocks of {plan.block_side} Å; this "
                              f"convolution has {self.channels} channels and blocks of {block_side} Å")
         x, edge_weights = x.to(dtype), edge_weights.to(dtype)
+        if head_weights is not None:
+            head_weights = head_weights.to(dtype)
         source_coords, target_coords = plan.local_coordinates(graph)
         n_nodes = graph.n_nodes
 
@@ -212,9 +223,12 @@ class Wigner6jConvolution(Convolution):
             if f:  # (no multiplication by 1 for f = 0: the backward pass would keep a copy of w)
                 weights = _DivideByLengthPower.apply(weights, lengths, f)
             selected = None if columns.numel() == p.shape[-1] else columns
-            if recompute:  # P kept by no one: the edge stage's backward pass redoes it
-                q = plan.aggregation.of_products(x, plan.source_atoms, source_coupling, weights, selected, p)
+            if recompute:  # P kept by no one, nor the weights: the edge stage's backward pass redoes them
+                q = plan.aggregation.of_products(x, plan.source_atoms, source_coupling, weights, selected, p,
+                                                 head_weights)
             else:
+                if head_weights is not None:
+                    weights = scale_by_heads(weights, head_weights)
                 q = plan.aggregation(p if selected is None else p.index_select(2, selected), weights)  # [N, C, K_f]
             # stage 3: target tensor products
             coupling = (s_target[:, : (f + 1) ** 2] @ target.flatten(1)).view(n_nodes, *target.shape[1:])

@@ -103,9 +103,8 @@ class EquivariantAttention(nn.Module):
         radial = self.radial(edges)  # [E, H + n_f C]
         logits = edge_dot(q, k, graph.receivers, graph.senders) / math.sqrt(self.head_dim) + radial[:, : self.num_heads]
         alpha = smooth_softmax(logits, edges.envelope, graph.receivers, graph.n_nodes)  # [E, H]
-        # w[e, f, c] = alpha[e, head(c)] phi[e, f, c], broadcast over the channels of each head
-        # (the backward pass keeps alpha [E, H], not an [E, C] copy of it)
-        n_f, heads = len(self.convolution.filter_degrees), self.num_heads
-        phi = radial[:, heads:].view(n_edges, n_f, heads, c // heads)
-        weights = (alpha.view(n_edges, 1, heads, 1) * phi).view(n_edges, n_f, c)  # [E, n_f, C]
-        return self.mixing(self.convolution(h, graph, weights, plan))
+        # w[e, f, c] = alpha[e, head(c)] phi[e, f, c]: the convolution takes the two factors, so
+        # that neither pass keeps an [E, C] copy of alpha nor (with recompute_products) the product
+        n_f = len(self.convolution.filter_degrees)
+        phi = radial[:, self.num_heads :].view(n_edges, n_f, c)  # [E, n_f, C]
+        return self.mixing(self.convolution(h, graph, phi, plan, head_weights=alpha))

@@ -234,6 +234,52 @@ def test_source_products_redone_in_the_backward_pass_give_the_numbers_of_keeping
         assert b.abs().max() > 1e-6, name  # not a comparison of zeros
 
 
+@pytest.mark.parametrize("recompute", [True, False], ids=["products-redone", "products-kept"])
+@pytest.mark.parametrize("periodic", [False, True], ids=["cluster", "periodic"])
+def test_head_weights_give_the_numbers_of_their_product(periodic, recompute):
+    """``head_weights`` [E, H] (the attention's per-head factors) against passing the product
+    ``w[e, f, c] = a[e, c // (C / H)] phi[e, f, c]``: outputs, first derivatives and the derivative
+    of a force-like first derivative in the positions, features and both factors, to 1e-12
+    (filter degrees 0, 1 and 2, a factor that is a strided view, as the model's is)."""
+    graph = periodic_graph(*jittered_lattice(2), cutoff=3.0) if periodic else cluster_graph(n_atoms=8, seed=9)
+    heads, channels = 2, 4
+
+    def run(factored):
+        conv = Wigner6jConvolution("0e + 1o + 2e", channels, (0, 1, 2), "0e + 1o + 2e", block_side=3.0)
+        conv.recompute_products = recompute
+        positions = graph.positions.detach().clone().requires_grad_(True)
+        g = ConvGraph.build(positions, graph.receivers, graph.senders, graph.shifts, graph.images)
+        x, w = (t.requires_grad_(True) for t in _inputs(conv, g))
+        gen = torch.Generator().manual_seed(5)
+        a = torch.rand(g.n_edges, heads + 1, generator=gen, dtype=torch.float64).requires_grad_(True)
+        alpha = a[:, 1:] * torch.sin(g.lengths)[:, None]  # a strided view, depending on the lengths
+        phi = w * torch.cos(g.lengths)[:, None, None]
+        if factored:
+            out = conv(x, g, phi, head_weights=alpha)
+        else:
+            spread = alpha.repeat_interleave(channels // heads, dim=1)  # [E, C]
+            out = conv(x, g, phi * spread[:, None, :])
+        probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+        first = torch.autograd.grad((out * probe).sum(), (positions, x, w, a), create_graph=True)
+        second = torch.autograd.grad(first[0].pow(2).sum(), (positions, x, w, a))
+        return (out, *first, *second)
+
+    names = ("out", "d pos", "d x", "d w", "d heads", "dd pos", "dd x", "dd w", "dd heads")
+    for name, a, b in zip(names, run(True), run(False)):
+        assert _relative(a, b) < 1e-12, name
+        assert b.abs().max() > 1e-6, name  # not a comparison of zeros
+
+
+def test_bad_head_weights_are_named():
+    conv = Wigner6jConvolution("0e + 1o", 4, (1,), "0e + 1o")
+    graph = cluster_graph(n_atoms=4, seed=0)
+    x, w = _inputs(conv, graph)
+    for bad in (torch.ones(graph.n_edges, 3), torch.ones(graph.n_edges + 1, 2), torch.ones(graph.n_edges),
+                torch.ones(graph.n_edges, 0)):
+        with pytest.raises(ValueError, match="head weights"):
+            conv(x, graph, w, head_weights=bad.double())
+
+
 def test_bad_shapes_and_degrees_are_named():
     conv = Wigner6jConvolution("0e + 1o", 2, (1,), "0e + 1o")
     graph = cluster_graph(n_atoms=4, seed=0)

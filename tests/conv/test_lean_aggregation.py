@@ -268,3 +268,50 @@ def test_aggregation_of_products_equals_aggregating_the_products(grouping, sorte
         form.of_products(x, rows, coupling, w, columns)
     products_shapes = {(7, channels, width), (7, channels, width if columns is None else len(columns))}
     assert kept and not products_shapes & set(kept) and (7, channels, dim) not in kept  # neither products nor x[rows]
+
+
+@pytest.mark.parametrize("sorted_targets", [False, True], ids=["unsorted", "sorted"])
+def test_aggregation_of_products_with_head_weights_keeps_the_factors_only(grouping, sorted_targets):
+    """``of_products(..., head_weights=a)`` against aggregating with the product
+    ``scale_by_heads(w, a)`` made by autograd: values, first and second derivatives in x, the
+    coupling and both factors to 1e-12 in float64; the backward pass keeps one ``[E, C]`` tensor
+    (the factor ``w``), not the product beside it."""
+    channels, heads = 6, 3
+    sources, targets, _, _, _ = _case(channels=channels, sorted_targets=sorted_targets)
+    gen = torch.Generator().manual_seed(4)
+    n_atoms, dim, width, n_edges = 4, 3, 5, sources.shape[0]
+    rows = torch.randint(0, n_atoms, (7,), generator=gen)
+    x0 = torch.randn(n_atoms, channels, dim, generator=gen, dtype=torch.float64)
+    coupling0 = torch.randn(7, dim, width, generator=gen, dtype=torch.float64)
+    w0 = torch.randn(n_edges, channels, generator=gen, dtype=torch.float64)
+    a0 = torch.rand(n_edges, heads, generator=gen, dtype=torch.float64)
+    form = EdgeAggregation(sources, targets, 7, 6, channels)
+
+    def run(factored):
+        x, coupling, w, a = (t.clone().requires_grad_(True) for t in (x0, coupling0, w0, a0))
+        if factored:
+            out = form.of_products(x, rows, coupling, w, head_weights=a)
+        else:
+            out = form(torch.bmm(x.index_select(0, rows), coupling), aggregation.scale_by_heads(w, a))
+        probe = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+        first = torch.autograd.grad((out * probe).sum(), (x, coupling, w, a), create_graph=True)
+        second = torch.autograd.grad(sum((g * g.detach().sin()).sum() for g in first), (x, coupling, w, a))
+        return (out, *first, *second)
+
+    names = ("out", "d x", "d coupling", "d w", "d heads", "dd x", "dd coupling", "dd w", "dd heads")
+    for name, a, b in zip(names, run(True), run(False)):
+        assert _relative(a, b) < 1e-12, name
+        assert b.abs().max() > 1e-6, name
+
+    kept = []
+    x, coupling, w, a = (t.clone().requires_grad_(True) for t in (x0, coupling0, w0, a0))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):
+        form.of_products(x, rows, coupling, w, head_weights=a)
+    assert kept.count((n_edges, channels)) == 1 and (n_edges, heads) in kept
+
+
+def test_scale_by_heads_spreads_each_head_over_its_channels():
+    weights = torch.arange(12.0).view(2, 6)
+    heads = torch.tensor([[1.0, 10.0, 100.0], [2.0, 3.0, 4.0]])
+    expected = torch.tensor([[0.0, 1, 20, 30, 400, 500], [12, 14, 24, 27, 40, 44]])
+    assert torch.equal(aggregation.scale_by_heads(weights, heads), expected)
