@@ -65,6 +65,24 @@ def test_forces_and_stress_are_those_of_plain_autograd(stress):
     assert first_order["forces"].abs().max() > 1e-3  # not a trivial comparison
 
 
+def test_radial_networks_in_pieces_give_the_same_numbers(monkeypatch):
+    """The first-order radial networks run in pieces of ``RADIAL_PIECE`` edges: pieces of 7 edges
+    (the last one short) give the energies and forces of one piece and of plain autograd to 1e-12
+    (matrix products of other shapes may round differently, so not bit for bit)."""
+    from e2former_calc.model import radial
+
+    field, graph = _field_and_graph()
+    assert graph.conv_graph().n_edges > 7 and graph.conv_graph().n_edges % 7
+    monkeypatch.setattr(radial, "RADIAL_PIECE", 10**9)
+    whole = field(graph, forces=True)
+    monkeypatch.setattr(radial, "RADIAL_PIECE", 7)
+    pieces = field(graph, forces=True)
+    plain = field(graph, forces=True, create_graph=True)
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(pieces[key], whole[key], rtol=1e-12, atol=1e-12, msg=key)
+        torch.testing.assert_close(pieces[key], plain[key].detach(), rtol=1e-12, atol=1e-12, msg=key)
+
+
 def test_pair_gradients_are_those_of_plain_autograd():
     """The LAMMPS path: ``dE/dr_ij`` from pair vectors, with and without layer stages."""
     from e2former_calc.conv import SpanningForest

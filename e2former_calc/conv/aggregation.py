@@ -550,6 +550,7 @@ class _ProductsAggregate(torch.autograd.Function):
         gathered = x.index_select(0, rows) if need_coupling or need_weights or need_heads else None  # [U, C, D]
         if need_x or need_coupling:
             grad_values = _Trilinear.apply(form, "source", full, grad)  # [U, C, K_f]
+            del full  # (made from its factors: not needed beyond this face)
             if need_x:
                 grad_x = scatter_sum(torch.bmm(grad_values, selected.transpose(1, 2)), rows, x.shape[0])
             if need_coupling:
@@ -564,8 +565,10 @@ class _ProductsAggregate(torch.autograd.Function):
             else:
                 if need_weights:
                     grad_weights = scale_by_heads(grad_full, head_weights)
-                if need_heads:  # sum over each head's channels of dL/dw * weights
-                    grad_heads = (grad_full * weights).unflatten(1, (head_weights.shape[1], -1)).sum(-1)
+                if need_heads:  # sum over each head's channels of dL/dw * weights, no [E, C] product
+                    heads = head_weights.shape[1]
+                    grad_heads = torch.einsum("ehc,ehc->eh", grad_full.unflatten(1, (heads, -1)),
+                                              weights.unflatten(1, (heads, -1)))
         return None, grad_x, None, grad_coupling, None, grad_weights, None, grad_heads
 
 

@@ -13,24 +13,45 @@ from .layers import DegreeLinear, degree_slices
 from .radial import RadialNetwork
 
 
+#: edges per piece of :func:`edge_dot` (its ``[piece, H, d]`` gathers), outside autograd
+EDGE_PIECE = 16384
+
+
 class _EdgeDot(torch.autograd.Function):
     """``out[e, h] = <q[receivers[e], h], k[senders[e], h]>``; only ``q`` and ``k`` are kept for
     the backward pass (not the two gathered ``[E, H, d]`` copies), whose gathers are redone
-    there with differentiable operations, so that double backward works too."""
+    there with differentiable operations, so that double backward works too. Outside autograd
+    (the forward pass, and a backward pass that builds no graph) the edges go in pieces of
+    :data:`EDGE_PIECE`, so no ``[E, H, d]`` temporary exists."""
 
     @staticmethod
     def forward(ctx, q, k, receivers, senders):
         ctx.save_for_backward(q, k, receivers, senders)
-        return (q.index_select(0, receivers) * k.index_select(0, senders)).sum(-1)
+        out = q.new_empty(receivers.shape[0], q.shape[1])
+        for start in range(0, receivers.shape[0], EDGE_PIECE):
+            rows = slice(start, start + EDGE_PIECE)
+            out[rows] = (q.index_select(0, receivers[rows]) * k.index_select(0, senders[rows])).sum(-1)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         q, k, receivers, senders = ctx.saved_tensors
         grad_q = grad_k = None
-        if ctx.needs_input_grad[0]:
-            grad_q = scatter_sum(grad[..., None] * k.index_select(0, senders), receivers, q.shape[0])
-        if ctx.needs_input_grad[1]:
-            grad_k = scatter_sum(grad[..., None] * q.index_select(0, receivers), senders, k.shape[0])
+        if torch.is_grad_enabled():  # a graph of the derivatives: differentiable operations
+            if ctx.needs_input_grad[0]:
+                grad_q = scatter_sum(grad[..., None] * k.index_select(0, senders), receivers, q.shape[0])
+            if ctx.needs_input_grad[1]:
+                grad_k = scatter_sum(grad[..., None] * q.index_select(0, receivers), senders, k.shape[0])
+            return grad_q, grad_k, None, None
+        grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
+        grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
+        for start in range(0, receivers.shape[0], EDGE_PIECE):
+            rows = slice(start, start + EDGE_PIECE)
+            g = grad[rows, :, None]
+            if grad_q is not None:
+                grad_q.index_add_(0, receivers[rows], g * k.index_select(0, senders[rows]))
+            if grad_k is not None:
+                grad_k.index_add_(0, senders[rows], g * q.index_select(0, receivers[rows]))
         return grad_q, grad_k, None, None
 
 
