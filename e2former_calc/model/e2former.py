@@ -15,7 +15,7 @@ from ..so3 import spherical_harmonics
 from .attention import EquivariantAttention
 from .config import E2FormerConfig
 from .layers import EquivariantRMSNorm, GatedFeedForward
-from .radial import BesselBasis, EdgeInputs, RadialNetwork, polynomial_envelope
+from .radial import BesselBasis, EdgeInputs, FirstOrderEdges, RadialNetwork, polynomial_envelope
 from .repulsion import ZBLRepulsion
 from .stages import LayerStages
 
@@ -42,7 +42,7 @@ class EdgeDegreeEmbedding(nn.Module):
         """``edges``: the graph's :class:`~e2former_calc.model.radial.EdgeInputs`; ``edge_sum``: its
         :class:`~e2former_calc.conv.aggregation.EdgeSum` over the receivers with ``C`` channels
         (made on the spot when None; it is cheap, ``O(E)``)."""
-        dtype, envelope = edges.basis.dtype, edges.envelope
+        dtype, envelope = edges.lengths.dtype, edges.envelope
         phi = self.radial(edges).view(graph.n_edges, self.max_degree + 1, self.channels)
         vectors = graph.vectors.to(dtype)
         if edge_sum is None:
@@ -165,16 +165,17 @@ class E2Former(nn.Module):
                 stages: LayerStages | None = None, exchange=None, first_derivatives_only: bool = False) -> torch.Tensor:
         dtype = self.dtype
         lengths = graph.lengths.to(dtype)
-        if (first_derivatives_only and lengths.requires_grad and torch.is_grad_enabled()
-                and not any(p.requires_grad for p in self.parameters())):
-            # the radial networks carry d/dr forward and keep only that (see RadialNetwork)
-            with torch.no_grad():
-                basis, basis_slope = self.basis.value_and_slope(lengths)
-        else:
-            basis, basis_slope = self.basis(lengths), None
         envelope = polynomial_envelope(lengths, self.config.cutoff, self.config.envelope_exponent)
         features = self.species_features(species)
-        edges = EdgeInputs(lengths, basis, basis_slope, features[graph.receivers], features[graph.senders], envelope)
+        if (first_derivatives_only and lengths.requires_grad and torch.is_grad_enabled()
+                and not any(p.requires_grad for p in self.parameters())):
+            # the radial networks carry d/dr forward and keep only that, and make their inputs
+            # a piece of edges at a time (see RadialNetwork)
+            first_order = FirstOrderEdges(self.basis, features.detach(), graph.receivers, graph.senders)
+            edges = EdgeInputs(lengths, None, None, None, envelope, first_order)
+        else:
+            edges = EdgeInputs(lengths, self.basis(lengths), features[graph.receivers], features[graph.senders],
+                               envelope)
         stage = self._stage_runner(lengths)
         if stages is None:
             if plan is None:

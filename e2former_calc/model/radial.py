@@ -40,32 +40,49 @@ class BesselBasis(nn.Module):
         return value, slope
 
 
+class FirstOrderEdges(NamedTuple):
+    """What the radial networks of the first-order path make their inputs from, piece by piece:
+    ``bessel`` (the :class:`BesselBasis`), ``features [N, S]`` the species features of the nodes
+    (no gradient), ``receivers``, ``senders`` ``[E]``."""
+
+    bessel: "BesselBasis"
+    features: torch.Tensor
+    receivers: torch.Tensor
+    senders: torch.Tensor
+
+
 class EdgeInputs(NamedTuple):
     """The per-edge inputs that the embedding and every block share, ``E`` edges.
 
     ``lengths [E]``: ``|r_ij|`` in the network's dtype; ``basis [E, B]``: its Bessel basis;
-    ``basis_slope [E, B]``: ``d basis / d r``, given (and ``basis`` then detached) only where the
-    caller takes nothing beyond first derivatives with frozen weights (see
-    :class:`RadialNetwork`), else None; ``species_i``, ``species_j`` ``[E, S]``: the species
-    features of the receiver and the sender; ``envelope [E]``: the cutoff envelope ``u(r)``.
+    ``species_i``, ``species_j`` ``[E, S]``: the species features of the receiver and the sender;
+    ``envelope [E]``: the cutoff envelope ``u(r)``. ``first_order``: given only where the caller
+    takes nothing beyond first derivatives with frozen weights (see :class:`RadialNetwork`); the
+    radial networks then make the basis, its slope ``d basis / d r`` and the species features of a
+    piece of edges at a time from it, and ``basis``, ``species_i``, ``species_j`` are None (no
+    ``[E, B]`` or ``[E, S]`` tensor lives through the forward pass).
     """
 
     lengths: torch.Tensor
-    basis: torch.Tensor
-    basis_slope: torch.Tensor | None
-    species_i: torch.Tensor
-    species_j: torch.Tensor
+    basis: torch.Tensor | None
+    species_i: torch.Tensor | None
+    species_j: torch.Tensor | None
     envelope: torch.Tensor
+    first_order: FirstOrderEdges | None = None
 
     def select(self, edges: torch.Tensor) -> "EdgeInputs":
         """The inputs of the edges ``edges`` (indices), in that order."""
-        return EdgeInputs(*(None if t is None else t.index_select(0, edges) for t in self))
+        first = self.first_order
+        if first is not None:
+            first = first._replace(receivers=first.receivers.index_select(0, edges),
+                                   senders=first.senders.index_select(0, edges))
+        return EdgeInputs(*(None if t is None else t.index_select(0, edges) for t in self[:5]), first)
 
 
 class RadialNetwork(nn.Module):
     """MLP of (Bessel basis of ``|r_ij|``, species features of ``Z_i`` and ``Z_j``): ``[E, out]``.
 
-    First derivatives only (the edge inputs carry ``basis_slope``, the weights are frozen): the
+    First derivatives only (the edge inputs carry ``first_order``, the weights are frozen): the
     network's output ``phi(r)`` and its derivative ``dphi/dr`` are computed together in the
     forward pass (forward-mode: the tangent ``dz/dr`` is carried through each layer,
     ``silu'(z) = s (1 + z (1 - s))``, ``s = sigmoid(z)``), and the backward pass keeps only
@@ -87,14 +104,12 @@ class RadialNetwork(nn.Module):
 
     def forward(self, edges: EdgeInputs) -> torch.Tensor:
         """``[E, out]`` from the edges' :class:`EdgeInputs`."""
-        basis, species_i, species_j = edges.basis, edges.species_i, edges.species_j
-        if edges.basis_slope is not None:
-            parts = (basis, species_i, species_j)
-            if any(t.requires_grad for t in parts) or any(p.requires_grad for p in self.parameters()):
-                raise ValueError("basis_slope is for frozen weights and species features and a detached basis: "
+        if edges.first_order is not None:
+            if edges.first_order.features.requires_grad or any(p.requires_grad for p in self.parameters()):
+                raise ValueError("first_order edge inputs are for frozen weights and species features: "
                                  "only the lengths may carry gradients")
-            return _RadialWithSlope.apply(edges.lengths, parts, edges.basis_slope, self.net)
-        return self.net(torch.cat([basis, species_i, species_j], dim=-1))
+            return _RadialWithSlope.apply(edges.lengths, edges.first_order, self.net)
+        return self.net(torch.cat([edges.basis, edges.species_i, edges.species_j], dim=-1))
 
 
 def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,21 +146,24 @@ RADIAL_PIECE = 4096
 class _RadialWithSlope(torch.autograd.Function):
     """``phi(r)`` of a frozen MLP whose backward pass keeps ``dphi/dr`` ``[E, out]`` only.
 
-    Inputs: ``lengths [E]`` (the only differentiable input), the parts of the MLP's input
-    ``(basis [E, B], species_i [E, S], species_j [E, S])`` (``basis`` is the basis of
-    ``lengths``), ``basis_slope [E, B]``, the MLP. The forward pass runs in pieces of
-    :data:`RADIAL_PIECE` edges (every operation is row-wise: the same numbers to rounding).
+    Inputs: ``lengths [E]`` (the only differentiable input), the :class:`FirstOrderEdges` the MLP's
+    input (Bessel basis of the lengths, species features of receiver and sender) and the basis's
+    slope are made from, the MLP. The forward pass runs in pieces of :data:`RADIAL_PIECE` edges
+    (every operation is row-wise: the same numbers to rounding).
     """
 
     @staticmethod
-    def forward(ctx, lengths, parts, basis_slope, net):
-        n_edges, n_out = basis_slope.shape[0], net[-1].out_features
-        value = basis_slope.new_empty(n_edges, n_out)
-        slope = basis_slope.new_empty(n_edges, n_out)
+    def forward(ctx, lengths, first_order, net):
+        n_edges, n_out = lengths.shape[0], net[-1].out_features
+        value = lengths.new_empty(n_edges, n_out)
+        slope = lengths.new_empty(n_edges, n_out)
+        features = first_order.features
         for start in range(0, n_edges, RADIAL_PIECE):
             rows = slice(start, start + RADIAL_PIECE)
-            inputs = torch.cat([part[rows] for part in parts], dim=-1)
-            value[rows], slope[rows] = value_and_slope(net, inputs, basis_slope[rows])
+            basis, basis_slope = first_order.bessel.value_and_slope(lengths[rows])
+            inputs = torch.cat([basis, features.index_select(0, first_order.receivers[rows]),
+                                features.index_select(0, first_order.senders[rows])], dim=-1)
+            value[rows], slope[rows] = value_and_slope(net, inputs, basis_slope)
         ctx.save_for_backward(slope)
         return value
 
@@ -156,4 +174,4 @@ class _RadialWithSlope(torch.autograd.Function):
                                "only: evaluate the model without first_derivatives_only (ForceField does so "
                                "with create_graph=True)")
         (slope,) = ctx.saved_tensors
-        return (grad * slope).sum(-1), None, None, None
+        return (grad * slope).sum(-1), None, None

@@ -221,7 +221,7 @@ def test_edge_degree_embedding_equals_the_explicit_messages():
 
         envelope = polynomial_envelope(lengths, config.cutoff, config.envelope_exponent)
         features = model.species_features(species)
-        h = form(g, EdgeInputs(lengths, basis, None, features[g.receivers], features[g.senders], envelope))
+        h = form(g, EdgeInputs(lengths, basis, features[g.receivers], features[g.senders], envelope))
         energy = (h * h.detach().cos()).sum()
         (forces,) = torch.autograd.grad(energy, pos, create_graph=True)
         weight = embedding.radial.net[0].weight
