@@ -164,3 +164,37 @@ def test_a_molecule_through_the_calculator_matches_finite_differences():
             moved.positions[atom, axis] += sign * step
             energies.append(moved.get_potential_energy())
         np.testing.assert_allclose(forces[atom, axis], -(energies[0] - energies[1]) / (2 * step), rtol=1e-6, atol=1e-8)
+
+
+def test_radial_output_blocks_as_separate_tensors():
+    """``RadialNetwork(edges, sizes)``: the output's column blocks as separate tensors, on the
+    ordinary and on the first-order path, equal to the whole output's columns; their gradients in
+    the lengths equal those of the whole output (1e-12, float64); sizes that do not add up are named."""
+    from e2former_calc.model.radial import EdgeInputs, FirstOrderEdges, RadialNetwork
+
+    torch.manual_seed(2)
+    bessel = BesselBasis(4.0, 8).double()
+    network = RadialNetwork(8, 3, 16, 7).double().requires_grad_(False)
+    features = torch.randn(5, 3, dtype=torch.float64)
+    receivers, senders = torch.tensor([0, 1, 2, 3, 4, 4]), torch.tensor([1, 2, 3, 4, 0, 2])
+    lengths0 = torch.linspace(1.0, 3.5, 6, dtype=torch.float64)
+    probe = torch.randn(6, 7, dtype=torch.float64)
+
+    def run(first_order, sizes):
+        lengths = lengths0.clone().requires_grad_(True)
+        if first_order:
+            edges = EdgeInputs(lengths, None, None, None, None, FirstOrderEdges(bessel, features, receivers, senders))
+        else:
+            edges = EdgeInputs(lengths, bessel(lengths), features[receivers], features[senders], None)
+        out = network(edges, sizes)
+        whole = out if sizes is None else torch.cat(out, dim=-1)
+        (grad,) = torch.autograd.grad((whole * probe).sum(), lengths)
+        return whole, grad
+
+    reference = run(False, None)
+    for first_order in (False, True):
+        for sizes in (None, (2, 5), (7,)):
+            for a, b in zip(run(first_order, sizes), reference):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="add up"):
+        network(EdgeInputs(lengths0, bessel(lengths0), features[receivers], features[senders], None), (2, 4))

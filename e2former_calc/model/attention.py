@@ -121,11 +121,10 @@ class EquivariantAttention(nn.Module):
         invariants = self.invariants(h)
         q = self.queries(invariants).view(-1, self.num_heads, self.head_dim)
         k = self.keys(invariants).view(-1, self.num_heads, self.head_dim)
-        radial = self.radial(edges)  # [E, H + n_f C]
-        logits = edge_dot(q, k, graph.receivers, graph.senders) / math.sqrt(self.head_dim) + radial[:, : self.num_heads]
+        n_f = len(self.convolution.filter_degrees)
+        bias, phi = self.radial(edges, (self.num_heads, n_f * c))  # [E, H], [E, n_f C]
+        logits = edge_dot(q, k, graph.receivers, graph.senders) / math.sqrt(self.head_dim) + bias
         alpha = smooth_softmax(logits, edges.envelope, graph.receivers, graph.n_nodes)  # [E, H]
         # w[e, f, c] = alpha[e, head(c)] phi[e, f, c]: the convolution takes the two factors, so
         # that neither pass keeps an [E, C] copy of alpha nor (with recompute_products) the product
-        n_f = len(self.convolution.filter_degrees)
-        phi = radial[:, self.num_heads :].view(n_edges, n_f, c)  # [E, n_f, C]
-        return self.mixing(self.convolution(h, graph, phi, plan, head_weights=alpha))
+        return self.mixing(self.convolution(h, graph, phi.view(n_edges, n_f, c), plan, head_weights=alpha))

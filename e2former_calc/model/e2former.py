@@ -43,13 +43,13 @@ class EdgeDegreeEmbedding(nn.Module):
         :class:`~e2former_calc.conv.aggregation.EdgeSum` over the receivers with ``C`` channels
         (made on the spot when None; it is cheap, ``O(E)``)."""
         dtype, envelope = edges.lengths.dtype, edges.envelope
-        phi = self.radial(edges).view(graph.n_edges, self.max_degree + 1, self.channels)
+        phi = self.radial(edges, (self.channels,) * (self.max_degree + 1))  # phi_l [E, C], l = 0 .. L_max
         vectors = graph.vectors.to(dtype)
         if edge_sum is None:
             edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)
         # the envelope multiplies the [E, 2l+1] harmonics, not the [E, C] weights: the same sum,
         # and the backward pass keeps no [E, L_max+1, C] product
-        blocks = [edge_sum(phi[:, l, :], spherical_harmonics(l, vectors) * envelope[:, None])
+        blocks = [edge_sum(phi[l], spherical_harmonics(l, vectors) * envelope[:, None])
                   for l in range(self.max_degree + 1)]
         h = torch.cat(blocks, dim=-1) / self.average_neighbours  # [N, C, D]
         return torch.cat([h[:, :, :1] + self.species(species)[:, :, None], h[:, :, 1:]], dim=-1)

@@ -102,14 +102,21 @@ class RadialNetwork(nn.Module):
             nn.Linear(hidden, out),
         )
 
-    def forward(self, edges: EdgeInputs) -> torch.Tensor:
-        """``[E, out]`` from the edges' :class:`EdgeInputs`."""
+    def forward(self, edges: EdgeInputs, sizes: tuple[int, ...] | None = None):
+        """``[E, out]`` from the edges' :class:`EdgeInputs`; with ``sizes`` (summing to ``out``) the
+        output's consecutive column blocks as separate tensors ``[E, size]``, whose gradients the
+        backward pass takes one by one (no ``[E, out]`` gradient is assembled from them)."""
+        if sizes is not None and sum(sizes) != self.net[-1].out_features:
+            raise ValueError(f"sizes {tuple(sizes)} do not add up to the {self.net[-1].out_features} outputs")
         if edges.first_order is not None:
             if edges.first_order.features.requires_grad or any(p.requires_grad for p in self.parameters()):
                 raise ValueError("first_order edge inputs are for frozen weights and species features: "
                                  "only the lengths may carry gradients")
-            return _RadialWithSlope.apply(edges.lengths, edges.first_order, self.net)
-        return self.net(torch.cat([edges.basis, edges.species_i, edges.species_j], dim=-1))
+            parts = _RadialWithSlope.apply(edges.lengths, edges.first_order, self.net,
+                                           (self.net[-1].out_features,) if sizes is None else tuple(sizes))
+            return parts[0] if sizes is None else parts
+        out = self.net(torch.cat([edges.basis, edges.species_i, edges.species_j], dim=-1))
+        return out if sizes is None else out.split(list(sizes), dim=-1)
 
 
 def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,30 +155,44 @@ class _RadialWithSlope(torch.autograd.Function):
 
     Inputs: ``lengths [E]`` (the only differentiable input), the :class:`FirstOrderEdges` the MLP's
     input (Bessel basis of the lengths, species features of receiver and sender) and the basis's
-    slope are made from, the MLP. The forward pass runs in pieces of :data:`RADIAL_PIECE` edges
-    (every operation is row-wise: the same numbers to rounding).
+    slope are made from, the MLP, the sizes of the output blocks returned as separate tensors.
+    Both passes run in pieces of :data:`RADIAL_PIECE` edges (every operation is row-wise: the same
+    numbers to rounding), so no ``[E, hidden]`` temporary exists and the backward pass makes no
+    ``[E, out]`` product.
     """
 
     @staticmethod
-    def forward(ctx, lengths, first_order, net):
-        n_edges, n_out = lengths.shape[0], net[-1].out_features
-        value = lengths.new_empty(n_edges, n_out)
-        slope = lengths.new_empty(n_edges, n_out)
+    def forward(ctx, lengths, first_order, net, sizes):
+        n_edges = lengths.shape[0]
+        parts = [lengths.new_empty(n_edges, size) for size in sizes]
+        slope = lengths.new_empty(n_edges, sum(sizes))
         features = first_order.features
         for start in range(0, n_edges, RADIAL_PIECE):
             rows = slice(start, start + RADIAL_PIECE)
             basis, basis_slope = first_order.bessel.value_and_slope(lengths[rows])
             inputs = torch.cat([basis, features.index_select(0, first_order.receivers[rows]),
                                 features.index_select(0, first_order.senders[rows])], dim=-1)
-            value[rows], slope[rows] = value_and_slope(net, inputs, basis_slope)
+            value, slope[rows] = value_and_slope(net, inputs, basis_slope)
+            column = 0
+            for part in parts:
+                part[rows] = value[:, column : column + part.shape[1]]
+                column += part.shape[1]
         ctx.save_for_backward(slope)
-        return value
+        ctx.sizes = sizes
+        return tuple(parts)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         if torch.is_grad_enabled():
             raise RuntimeError("a second derivative through a radial network evaluated for first derivatives "
                                "only: evaluate the model without first_derivatives_only (ForceField does so "
                                "with create_graph=True)")
         (slope,) = ctx.saved_tensors
-        return (grad * slope).sum(-1), None, None
+        grad_lengths = slope.new_zeros(slope.shape[0])  # sum_k dL/dphi_k dphi_k/dr, a piece at a time
+        for start in range(0, slope.shape[0], RADIAL_PIECE):
+            rows, column = slice(start, start + RADIAL_PIECE), 0
+            for grad, size in zip(grads, ctx.sizes):
+                if grad is not None:
+                    grad_lengths[rows] += (grad[rows] * slope[rows, column : column + size]).sum(-1)
+                column += size
+        return grad_lengths, None, None, None
