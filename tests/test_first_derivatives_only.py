@@ -198,3 +198,12 @@ def test_radial_output_blocks_as_separate_tensors():
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="add up"):
         network(EdgeInputs(lengths0, bessel(lengths0), features[receivers], features[senders], None), (2, 4))
+
+
+def test_pieces_of_edges_are_larger_off_the_cpu():
+    """Loops over pieces of edges keep the CPU's cache-sized pieces on the CPU only: on a GPU
+    (tens of millions of edges) each piece is at least DEVICE_PIECE edges, so launches stay few."""
+    from e2former_calc.model.radial import DEVICE_PIECE, RADIAL_PIECE, edge_piece
+
+    assert edge_piece(RADIAL_PIECE, torch.device("cpu")) == RADIAL_PIECE
+    assert edge_piece(RADIAL_PIECE, torch.device("cuda")) == DEVICE_PIECE > 100 * RADIAL_PIECE

@@ -543,12 +543,12 @@ class _ProductsAggregate(torch.autograd.Function):
         form, rows, columns = ctx.form, ctx.rows, ctx.columns
         need_x, need_coupling, need_weights, need_heads = (ctx.needs_input_grad[i] for i in (1, 3, 5, 7))
         grad_x = grad_coupling = grad_weights = grad_heads = None
-        full = weights if head_weights is None else scale_by_heads(weights, head_weights)  # [E, C]
         # only the aggregated columns of the coupling: [U, D, K_f]
         selected = coupling if columns is None else coupling.index_select(2, columns)
         # one [U, C, K_f] tensor at a time: the gradient of the products, then the products themselves
         gathered = x.index_select(0, rows) if need_coupling or need_weights or need_heads else None  # [U, C, D]
         if need_x or need_coupling:
+            full = weights if head_weights is None else scale_by_heads(weights, head_weights)  # [E, C]
             grad_values = _Trilinear.apply(form, "source", full, grad)  # [U, C, K_f]
             del full  # (made from its factors: not needed beyond this face)
             if need_x:

@@ -10,10 +10,11 @@ from torch import nn
 from ..conv import ConvGraph, ConvPlan, PathMixing, Wigner6jConvolution, scatter_sum
 from ..so3 import FeatureLayout
 from .layers import DegreeLinear, degree_slices
-from .radial import RadialNetwork
+from .radial import RadialNetwork, edge_piece
 
 
-#: edges per piece of :func:`edge_dot` (its ``[piece, H, d]`` gathers), outside autograd
+#: edges per piece of :func:`edge_dot` (its ``[piece, H, d]`` gathers) on the CPU, outside
+#: autograd (other devices: :func:`~e2former_calc.model.radial.edge_piece`)
 EDGE_PIECE = 16384
 
 
@@ -28,8 +29,9 @@ class _EdgeDot(torch.autograd.Function):
     def forward(ctx, q, k, receivers, senders):
         ctx.save_for_backward(q, k, receivers, senders)
         out = q.new_empty(receivers.shape[0], q.shape[1])
-        for start in range(0, receivers.shape[0], EDGE_PIECE):
-            rows = slice(start, start + EDGE_PIECE)
+        piece = edge_piece(EDGE_PIECE, q.device)
+        for start in range(0, receivers.shape[0], piece):
+            rows = slice(start, start + piece)
             out[rows] = (q.index_select(0, receivers[rows]) * k.index_select(0, senders[rows])).sum(-1)
         return out
 
@@ -45,13 +47,14 @@ class _EdgeDot(torch.autograd.Function):
             return grad_q, grad_k, None, None
         grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
-        for start in range(0, receivers.shape[0], EDGE_PIECE):
-            rows = slice(start, start + EDGE_PIECE)
+        piece = edge_piece(EDGE_PIECE, q.device)
+        for start in range(0, receivers.shape[0], piece):
+            rows = slice(start, start + piece)
             g = grad[rows, :, None]
-            if grad_q is not None:
-                grad_q.index_add_(0, receivers[rows], g * k.index_select(0, senders[rows]))
+            if grad_q is not None:  # (scatter_sum: the chosen scatter backend, as everywhere)
+                grad_q += scatter_sum(g * k.index_select(0, senders[rows]), receivers[rows], q.shape[0])
             if grad_k is not None:
-                grad_k.index_add_(0, senders[rows], g * q.index_select(0, receivers[rows]))
+                grad_k += scatter_sum(g * q.index_select(0, receivers[rows]), senders[rows], k.shape[0])
         return grad_q, grad_k, None, None
 
 

@@ -76,7 +76,11 @@ class EdgeInputs(NamedTuple):
         if first is not None:
             first = first._replace(receivers=first.receivers.index_select(0, edges),
                                    senders=first.senders.index_select(0, edges))
-        return EdgeInputs(*(None if t is None else t.index_select(0, edges) for t in self[:5]), first)
+        def pick(t):
+            return None if t is None else t.index_select(0, edges)
+
+        return EdgeInputs(pick(self.lengths), pick(self.basis), pick(self.species_i), pick(self.species_j),
+                          pick(self.envelope), first)
 
 
 class RadialNetwork(nn.Module):
@@ -145,9 +149,18 @@ def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tenso
     return value, tangent
 
 
-#: edges per piece of :class:`_RadialWithSlope`'s forward pass: its ``[piece, hidden]``
-#: temporaries stay in the core's cache (2 MiB of L2 here), and no ``[E, hidden]`` one exists
+#: edges per piece of :class:`_RadialWithSlope` on the CPU: its ``[piece, hidden]`` temporaries
+#: stay in the core's cache (2 MiB of L2 here), and no ``[E, hidden]`` one exists
 RADIAL_PIECE = 4096
+#: edges per piece on other devices: pieces large enough that kernel launches stay few (a GPU's
+#: million-atom graph has tens of millions of edges), small enough to bound the temporaries
+DEVICE_PIECE = 2**20
+
+
+def edge_piece(cpu_piece: int, device: torch.device) -> int:
+    """Edges per piece of a loop over edges outside autograd: ``cpu_piece`` on the CPU, at least
+    :data:`DEVICE_PIECE` elsewhere."""
+    return cpu_piece if device.type == "cpu" else max(cpu_piece, DEVICE_PIECE)
 
 
 class _RadialWithSlope(torch.autograd.Function):
@@ -163,12 +176,12 @@ class _RadialWithSlope(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lengths, first_order, net, sizes):
-        n_edges = lengths.shape[0]
+        n_edges, piece = lengths.shape[0], edge_piece(RADIAL_PIECE, lengths.device)
         parts = [lengths.new_empty(n_edges, size) for size in sizes]
         slope = lengths.new_empty(n_edges, sum(sizes))
         features = first_order.features
-        for start in range(0, n_edges, RADIAL_PIECE):
-            rows = slice(start, start + RADIAL_PIECE)
+        for start in range(0, n_edges, piece):
+            rows = slice(start, start + piece)
             basis, basis_slope = first_order.bessel.value_and_slope(lengths[rows])
             inputs = torch.cat([basis, features.index_select(0, first_order.receivers[rows]),
                                 features.index_select(0, first_order.senders[rows])], dim=-1)
@@ -179,6 +192,7 @@ class _RadialWithSlope(torch.autograd.Function):
                 column += part.shape[1]
         ctx.save_for_backward(slope)
         ctx.sizes = sizes
+        ctx.set_materialize_grads(False)  # a block nobody used gets None, not zeros to multiply
         return tuple(parts)
 
     @staticmethod
@@ -189,8 +203,9 @@ class _RadialWithSlope(torch.autograd.Function):
                                "with create_graph=True)")
         (slope,) = ctx.saved_tensors
         grad_lengths = slope.new_zeros(slope.shape[0])  # sum_k dL/dphi_k dphi_k/dr, a piece at a time
-        for start in range(0, slope.shape[0], RADIAL_PIECE):
-            rows, column = slice(start, start + RADIAL_PIECE), 0
+        piece = edge_piece(RADIAL_PIECE, slope.device)
+        for start in range(0, slope.shape[0], piece):
+            rows, column = slice(start, start + piece), 0
             for grad, size in zip(grads, ctx.sizes):
                 if grad is not None:
                     grad_lengths[rows] += (grad[rows] * slope[rows, column : column + size]).sum(-1)

@@ -240,7 +240,7 @@ def test_head_weights_give_the_numbers_of_their_product(periodic, recompute):
     """``head_weights`` [E, H] (the attention's per-head factors) against passing the product
     ``w[e, f, c] = a[e, c // (C / H)] phi[e, f, c]``: outputs, first derivatives and the derivative
     of a force-like first derivative in the positions, features and both factors, to 1e-12
-    (filter degrees 0, 1 and 2, a factor that is a strided view, as the model's is)."""
+    (filter degrees 0, 1 and 2; the head weights a strided view, as the model's radial blocks can be)."""
     graph = periodic_graph(*jittered_lattice(2), cutoff=3.0) if periodic else cluster_graph(n_atoms=8, seed=9)
     heads, channels = 2, 4
 
@@ -252,7 +252,7 @@ def test_head_weights_give_the_numbers_of_their_product(periodic, recompute):
         x, w = (t.requires_grad_(True) for t in _inputs(conv, g))
         gen = torch.Generator().manual_seed(5)
         a = torch.rand(g.n_edges, heads + 1, generator=gen, dtype=torch.float64).requires_grad_(True)
-        alpha = a[:, 1:] * torch.sin(g.lengths)[:, None]  # a strided view, depending on the lengths
+        alpha = (a * torch.sin(g.lengths)[:, None])[:, 1:]  # a strided view, depending on the lengths
         phi = w * torch.cos(g.lengths)[:, None, None]
         if factored:
             out = conv(x, g, phi, head_weights=alpha)
