@@ -19,7 +19,8 @@ def test_edge_dot_values_and_derivatives_of_two_orders():
 
 def test_edge_dot_in_pieces_against_whole_edges(monkeypatch):
     """Pieces of 4 edges (the last one short), forward and a backward pass without a graph,
-    against the gathers of all edges at once, to 1e-14 in float64; q, k or both differentiable."""
+    against the gathers of all edges at once, to 1e-14 in float64; q, k or both differentiable;
+    second derivatives through the pieces (gradgradcheck)."""
     from e2former_calc.model import attention
 
     gen = torch.Generator().manual_seed(1)
@@ -41,3 +42,5 @@ def test_edge_dot_in_pieces_against_whole_edges(monkeypatch):
         expected = [e for e, w in zip(expected, wanted) if w]
         for g, e in zip(grads, expected):
             assert torch.allclose(g, e, rtol=1e-14, atol=1e-15)
+    a, b = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda x, y: edge_dot(x, y, receivers, senders), (a, b))  # in pieces too

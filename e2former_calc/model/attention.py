@@ -21,9 +21,9 @@ EDGE_PIECE = 16384
 class _EdgeDot(torch.autograd.Function):
     """``out[e, h] = <q[receivers[e], h], k[senders[e], h]>``; only ``q`` and ``k`` are kept for
     the backward pass (not the two gathered ``[E, H, d]`` copies), whose gathers are redone
-    there with differentiable operations, so that double backward works too. Outside autograd
-    (the forward pass, and a backward pass that builds no graph) the edges go in pieces of
-    :data:`EDGE_PIECE`, so no ``[E, H, d]`` temporary exists."""
+    there with differentiable operations, so that double backward works too. Both passes take
+    the edges in pieces of :data:`EDGE_PIECE`, so no ``[E, H, d]`` temporary exists (beyond one
+    piece's, where the backward pass builds a graph of the derivatives)."""
 
     @staticmethod
     def forward(ctx, q, k, receivers, senders):
@@ -38,23 +38,16 @@ class _EdgeDot(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, receivers, senders = ctx.saved_tensors
-        grad_q = grad_k = None
-        if torch.is_grad_enabled():  # a graph of the derivatives: differentiable operations
-            if ctx.needs_input_grad[0]:
-                grad_q = scatter_sum(grad[..., None] * k.index_select(0, senders), receivers, q.shape[0])
-            if ctx.needs_input_grad[1]:
-                grad_k = scatter_sum(grad[..., None] * q.index_select(0, receivers), senders, k.shape[0])
-            return grad_q, grad_k, None, None
-        grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
-        grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
+        grad_q = q.new_zeros(q.shape) if ctx.needs_input_grad[0] else None
+        grad_k = k.new_zeros(k.shape) if ctx.needs_input_grad[1] else None
         piece = edge_piece(EDGE_PIECE, q.device)
-        for start in range(0, receivers.shape[0], piece):
+        for start in range(0, receivers.shape[0], piece):  # out-of-place sums: differentiable
             rows = slice(start, start + piece)
             g = grad[rows, :, None]
-            if grad_q is not None:  # (scatter_sum: the chosen scatter backend, as everywhere)
-                grad_q += scatter_sum(g * k.index_select(0, senders[rows]), receivers[rows], q.shape[0])
+            if grad_q is not None:
+                grad_q = grad_q + scatter_sum(g * k.index_select(0, senders[rows]), receivers[rows], q.shape[0])
             if grad_k is not None:
-                grad_k += scatter_sum(g * q.index_select(0, receivers[rows]), senders[rows], k.shape[0])
+                grad_k = grad_k + scatter_sum(g * q.index_select(0, receivers[rows]), senders[rows], k.shape[0])
         return grad_q, grad_k, None, None
 
 

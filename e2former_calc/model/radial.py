@@ -45,7 +45,7 @@ class FirstOrderEdges(NamedTuple):
     ``bessel`` (the :class:`BesselBasis`), ``features [N, S]`` the species features of the nodes
     (no gradient), ``receivers``, ``senders`` ``[E]``."""
 
-    bessel: "BesselBasis"
+    bessel: BesselBasis
     features: torch.Tensor
     receivers: torch.Tensor
     senders: torch.Tensor
