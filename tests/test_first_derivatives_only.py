@@ -200,6 +200,58 @@ def test_radial_output_blocks_as_separate_tensors():
         network(EdgeInputs(lengths0, bessel(lengths0), features[receivers], features[senders], None), (2, 4))
 
 
+def test_a_radial_network_summed_over_edges(monkeypatch):
+    """``summed_over_edges`` (phi and dphi/dr made again in the backward pass, pieces of 3 edges)
+    against the explicit ``[E, C, M]`` messages of the ordinary network summed by index_add:
+    values and the gradients in the lengths and the per-edge values to 1e-12 in float64; it keeps
+    neither phi nor its slope; bad blocks, trainable weights and a second derivative are refused."""
+    from e2former_calc.model import radial
+    from e2former_calc.model.radial import EdgeInputs, FirstOrderEdges, RadialNetwork
+
+    torch.manual_seed(4)
+    bessel = BesselBasis(4.0, 8).double()
+    network = RadialNetwork(8, 3, 16, 2 * 5).double().requires_grad_(False)  # two blocks of C = 5
+    features = torch.randn(4, 3, dtype=torch.float64)
+    receivers, senders = torch.tensor([0, 1, 2, 3, 3, 0, 2]), torch.tensor([1, 2, 3, 0, 2, 3, 1])
+    lengths0 = torch.linspace(1.0, 3.7, 7, dtype=torch.float64)
+    values0 = torch.randn(7, 4, dtype=torch.float64)
+    blocks = torch.tensor([0, 1, 1, 1])
+    probe = torch.randn(4, 5, 4, dtype=torch.float64)
+
+    def run(fused):
+        lengths, values = lengths0.clone().requires_grad_(True), values0.clone().requires_grad_(True)
+        if fused:
+            edges = EdgeInputs(lengths, None, None, None, None, FirstOrderEdges(bessel, features, receivers, senders))
+            out = network.summed_over_edges(edges, values, blocks, receivers, 4)
+        else:
+            phi = network(EdgeInputs(lengths, bessel(lengths), features[receivers], features[senders], None))
+            messages = phi.view(7, 2, 5)[:, blocks, :].transpose(1, 2) * values[:, None, :]
+            out = messages.new_zeros(4, 5, 4).index_add(0, receivers, messages)
+        return (out, *torch.autograd.grad((out * probe).sum(), (lengths, values)))
+
+    reference = run(False)
+    monkeypatch.setattr(radial, "RADIAL_PIECE", 3)
+    for a, b in zip(run(True), reference):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert reference[1].abs().max() > 1e-3
+
+    edges = EdgeInputs(lengths0.clone().requires_grad_(True), None, None, None, None,
+                       FirstOrderEdges(bessel, features, receivers, senders))
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):
+        out = network.summed_over_edges(edges, values0, blocks, receivers, 4)
+    assert (7, 10) not in kept and (7, 5, 4) not in kept, kept
+    with pytest.raises(RuntimeError, match="second derivative"):
+        torch.autograd.grad(out.sum(), edges.lengths, create_graph=True)
+    with pytest.raises(ValueError, match="blocks must name"):
+        network.summed_over_edges(edges, values0, torch.tensor([0, 1, 2, 2]), receivers, 4)
+    with pytest.raises(ValueError, match="first_order"):
+        network.summed_over_edges(edges._replace(first_order=None), values0, blocks, receivers, 4)
+    network.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen weights"):
+        network.summed_over_edges(edges, values0, blocks, receivers, 4)
+
+
 def test_pieces_of_edges_are_larger_off_the_cpu():
     """Loops over pieces of edges keep the CPU's cache-sized pieces on the CPU only: on a GPU
     (tens of millions of edges) each piece is at least DEVICE_PIECE edges, so launches stay few."""

@@ -76,6 +76,14 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     return src.new_zeros((dim_size,) + src.shape[1:]).index_add(0, index, src)
 
 
+def scatter_sum_into(out: torch.Tensor, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[t] += sum_{e: index[e] = t} src[e]`` in place (for loops over pieces of edges outside
+    autograd); the numbers of :func:`scatter_sum` with the same backend. Returns ``out``."""
+    if _backend == "torch_scatter":
+        return torch_scatter.scatter(src, index, dim=0, out=out, reduce="sum")
+    return out.index_add_(0, index, src)
+
+
 #: The lean edge stage takes the channels in groups of ``G`` per sparse product:
 #: ``G = clamp(max(GROUP_ENTRIES // E, ceil(C / MAX_GROUPS)), MIN_GROUP, C)``. A small graph needs
 #: one product per operation (``G = C``); a large one keeps index arrays of ``O(G E)`` with

@@ -26,7 +26,10 @@ class EdgeDegreeEmbedding(nn.Module):
 
     Each degree is one :class:`~e2former_calc.conv.aggregation.EdgeSum` (per-edge weights
     ``phi_l`` ``[E, C]``, per-edge values ``u Y_l`` ``[E, 2l+1]`` shared by the channels): no
-    ``[E, C, (L_max+1)^2]`` message tensor, in the forward or the backward pass.
+    ``[E, C, (L_max+1)^2]`` message tensor, in the forward or the backward pass. Where only first
+    derivatives are taken with frozen weights (``edges.first_order``), the whole sum is one
+    :meth:`~e2former_calc.model.radial.RadialNetwork.summed_over_edges`, whose backward pass makes
+    ``phi`` and ``dphi/dr`` again instead of keeping two ``[E, (L_max+1) C]`` tensors.
     """
 
     def __init__(self, config: E2FormerConfig, num_species: int):
@@ -37,21 +40,27 @@ class EdgeDegreeEmbedding(nn.Module):
         self.radial = RadialNetwork(
             config.radial_basis, config.species_features, config.radial_hidden, (config.max_degree + 1) * config.channels
         )
+        degrees = torch.repeat_interleave(torch.arange(self.max_degree + 1), torch.arange(self.max_degree + 1) * 2 + 1)
+        self.register_buffer("component_degree", degrees, persistent=False)  # [D]: l of each component
 
     def forward(self, species, graph: ConvGraph, edges: EdgeInputs, edge_sum: EdgeSum | None = None):
         """``edges``: the graph's :class:`~e2former_calc.model.radial.EdgeInputs`; ``edge_sum``: its
         :class:`~e2former_calc.conv.aggregation.EdgeSum` over the receivers with ``C`` channels
         (made on the spot when None; it is cheap, ``O(E)``)."""
         dtype, envelope = edges.lengths.dtype, edges.envelope
-        phi = self.radial(edges, (self.channels,) * (self.max_degree + 1))  # phi_l [E, C], l = 0 .. L_max
         vectors = graph.vectors.to(dtype)
-        if edge_sum is None:
-            edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)
         # the envelope multiplies the [E, 2l+1] harmonics, not the [E, C] weights: the same sum,
         # and the backward pass keeps no [E, L_max+1, C] product
-        blocks = [edge_sum(phi[l], spherical_harmonics(l, vectors) * envelope[:, None])
-                  for l in range(self.max_degree + 1)]
-        h = torch.cat(blocks, dim=-1) / self.average_neighbours  # [N, C, D]
+        harmonics = [spherical_harmonics(l, vectors) * envelope[:, None] for l in range(self.max_degree + 1)]
+        if edges.first_order is not None:
+            h = self.radial.summed_over_edges(edges, torch.cat(harmonics, dim=-1), self.component_degree,
+                                              graph.receivers, graph.n_nodes)
+        else:
+            phi = self.radial(edges, (self.channels,) * (self.max_degree + 1))  # phi_l [E, C], l = 0 .. L_max
+            if edge_sum is None:
+                edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)
+            h = torch.cat([edge_sum(phi[l], y) for l, y in enumerate(harmonics)], dim=-1)
+        h = h / self.average_neighbours  # [N, C, D]
         return torch.cat([h[:, :, :1] + self.species(species)[:, :, None], h[:, :, 1:]], dim=-1)
 
 

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..conv.aggregation import scatter_sum_into
+
 
 def polynomial_envelope(r: torch.Tensor, cutoff: float, p: int) -> torch.Tensor:
     """``u(d) = 1 - (p+1)(p+2)/2 d^p + p(p+2) d^(p+1) - p(p+1)/2 d^(p+2)`` for ``d = r/cutoff < 1``,
@@ -122,6 +124,32 @@ class RadialNetwork(nn.Module):
         out = self.net(torch.cat([edges.basis, edges.species_i, edges.species_j], dim=-1))
         return out if sizes is None else out.split(list(sizes), dim=-1)
 
+    def summed_over_edges(self, edges: EdgeInputs, values: torch.Tensor, blocks: torch.Tensor, receivers: torch.Tensor,
+                          n_nodes: int) -> torch.Tensor:
+        """``out[i, c, m] = sum_{e: receivers[e] = i} phi[e, blocks[m] C + c] values[e, m]``:
+        ``[n_nodes, C, M]`` for this network's output ``phi [E, nb C]`` read as ``nb`` blocks of
+        ``C`` channels, per-edge ``values [E, M]`` and the block ``blocks [M]`` (int64) that
+        weights each column of ``values``.
+
+        First derivatives only (``edges.first_order``, frozen weights): neither ``phi`` nor
+        ``dphi/dr`` is kept for the backward pass, which makes both again, a piece of edges at a
+        time, and returns ``dL/dr`` and ``dL/dvalues``; the pass keeps ``values`` and the lengths.
+        No ``[E, C, M]`` message exists beyond a piece's. Exact to rounding; a second derivative
+        raises an error.
+        """
+        if edges.first_order is None:
+            raise ValueError("summed_over_edges is the first-derivatives-only path: the edge inputs need first_order")
+        out_features = self.net[-1].out_features
+        n_blocks = int(blocks.max()) + 1 if blocks.numel() else 1
+        if blocks.ndim != 1 or blocks.shape[0] != values.shape[-1] or out_features % n_blocks:
+            raise ValueError(f"blocks must name, for each of the {values.shape[-1]} value columns, one of the blocks "
+                             f"of this network's {out_features} outputs; got {tuple(blocks.tolist())}")
+        if edges.first_order.features.requires_grad or any(p.requires_grad for p in self.parameters()):
+            raise ValueError("first_order edge inputs are for frozen weights and species features: "
+                             "only the lengths may carry gradients")
+        return _RadialEdgeSum.apply(edges.lengths, values, edges.first_order, self.net, blocks,
+                                    out_features // n_blocks, receivers, n_nodes)
+
 
 def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """An MLP ``Linear, SiLU, ..., Linear`` and its derivative along one direction of its input:
@@ -179,12 +207,9 @@ class _RadialWithSlope(torch.autograd.Function):
         n_edges, piece = lengths.shape[0], edge_piece(RADIAL_PIECE, lengths.device)
         parts = [lengths.new_empty(n_edges, size) for size in sizes]
         slope = lengths.new_empty(n_edges, sum(sizes))
-        features = first_order.features
         for start in range(0, n_edges, piece):
             rows = slice(start, start + piece)
-            basis, basis_slope = first_order.bessel.value_and_slope(lengths[rows])
-            inputs = torch.cat([basis, features.index_select(0, first_order.receivers[rows]),
-                                features.index_select(0, first_order.senders[rows])], dim=-1)
+            inputs, basis_slope = _network_inputs(first_order, lengths, rows)
             value, slope[rows] = value_and_slope(net, inputs, basis_slope)
             column = 0
             for part in parts:
@@ -211,3 +236,66 @@ class _RadialWithSlope(torch.autograd.Function):
                     grad_lengths[rows] += (grad[rows] * slope[rows, column : column + size]).sum(-1)
                 column += size
         return grad_lengths, None, None, None
+
+
+def _network_inputs(first_order: FirstOrderEdges, lengths: torch.Tensor, rows: slice):
+    """The MLP input ``[piece, B + 2S]`` of the edges ``rows`` and the basis's slope ``[piece, B]``."""
+    basis, basis_slope = first_order.bessel.value_and_slope(lengths[rows])
+    features = first_order.features
+    inputs = torch.cat([basis, features.index_select(0, first_order.receivers[rows]),
+                        features.index_select(0, first_order.senders[rows])], dim=-1)
+    return inputs, basis_slope
+
+
+class _RadialEdgeSum(torch.autograd.Function):
+    """``out[i, c, m] = sum_{e -> i} phi[e, blocks[m] C + c] values[e, m]`` for a frozen MLP
+    ``phi``, whose backward pass makes ``phi`` and ``dphi/dr`` again instead of keeping them
+    (:meth:`RadialNetwork.summed_over_edges`). Both passes take pieces of :data:`RADIAL_PIECE`
+    edges. Backward, per edge, with ``g = dL/dout[receivers[e]]`` ``[C, M]``::
+
+        dL/dvalues[e, m] = sum_c phi[e, blocks[m] C + c] g[c, m]
+        dL/dr[e]         = sum_{c, m} dphi[e, blocks[m] C + c]/dr values[e, m] g[c, m]
+    """
+
+    @staticmethod
+    def forward(ctx, lengths, values, first_order, net, blocks, channels, receivers, n_nodes):
+        n_edges, piece = lengths.shape[0], edge_piece(RADIAL_PIECE, lengths.device)
+        out = values.new_zeros(n_nodes, channels, values.shape[1])
+        for start in range(0, n_edges, piece):
+            rows = slice(start, start + piece)
+            inputs, _ = _network_inputs(first_order, lengths, rows)
+            phi = _per_column(net(inputs), blocks, channels)  # [piece, C, M]
+            scatter_sum_into(out, phi.mul_(values[rows, None, :]), receivers[rows])
+        ctx.save_for_backward(lengths, values, blocks, receivers)
+        ctx.first_order, ctx.net, ctx.channels = first_order, net, channels
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("a second derivative through a radial network evaluated for first derivatives "
+                               "only: evaluate the model without first_derivatives_only (ForceField does so "
+                               "with create_graph=True)")
+        lengths, values, blocks, receivers = ctx.saved_tensors
+        need_lengths, need_values = ctx.needs_input_grad[:2]
+        grad_lengths = lengths.new_zeros(lengths.shape) if need_lengths else None
+        grad_values = values.new_zeros(values.shape) if need_values else None
+        if grad is None or not (need_lengths or need_values):
+            return grad_lengths, grad_values, None, None, None, None, None, None
+        piece = edge_piece(RADIAL_PIECE, lengths.device)
+        for start in range(0, lengths.shape[0], piece):
+            rows = slice(start, start + piece)
+            inputs, basis_slope = _network_inputs(ctx.first_order, lengths, rows)
+            phi, slope = value_and_slope(ctx.net, inputs, basis_slope)
+            g = grad.index_select(0, receivers[rows])  # [piece, C, M]
+            if need_values:
+                grad_values[rows] = (_per_column(phi, blocks, ctx.channels) * g).sum(1)
+            if need_lengths:
+                grad_lengths[rows] = (_per_column(slope, blocks, ctx.channels) * g).sum(1).mul_(values[rows]).sum(-1)
+        return grad_lengths, grad_values, None, None, None, None, None, None
+
+
+def _per_column(out: torch.Tensor, blocks: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[piece, nb C] -> [piece, C, M]``: the block ``blocks[m]`` of the output for column ``m``."""
+    return out.view(out.shape[0], -1, channels).index_select(1, blocks).transpose(1, 2)

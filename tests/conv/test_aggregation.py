@@ -84,11 +84,25 @@ def test_scatter_sum_backends_give_identical_numbers():
             aggregation.set_scatter_backend(backend)
             out = aggregation.scatter_sum(src, index, 40)
             (grad,) = torch.autograd.grad(out.pow(2).sum(), src)
-            results[backend] = (out, grad)
+            into = aggregation.scatter_sum_into(torch.ones(40, 4, 3, dtype=torch.float64),
+                                                src.detach().transpose(1, 2), index)
+            results[backend] = (out, grad, into)
     finally:
         aggregation.set_scatter_backend(previous)
     for a, b in zip(results["native"], results["torch_scatter"]):
         assert torch.equal(a, b)
+
+
+def test_scatter_sum_into_adds_what_scatter_sum_makes():
+    """In place, into a tensor that already holds numbers, from a strided source, in pieces."""
+    gen = torch.Generator().manual_seed(3)
+    src = torch.randn(500, 4, 3, generator=gen, dtype=torch.float64).transpose(1, 2)  # strided
+    index = torch.randint(0, 40, (500,), generator=gen)
+    start = torch.randn(40, 3, 4, generator=gen, dtype=torch.float64)
+    out = start.clone()
+    for rows in (slice(0, 123), slice(123, 500)):
+        assert aggregation.scatter_sum_into(out, src[rows], index[rows]) is out
+    torch.testing.assert_close(out, start + aggregation.scatter_sum(src, index, 40), rtol=1e-14, atol=1e-14)
 
 
 def test_unknown_backend_is_refused():
