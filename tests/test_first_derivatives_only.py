@@ -119,8 +119,11 @@ def test_the_backward_pass_keeps_no_hidden_radial_activation():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             field.model(graph.species, graph.with_geometry(positions).conv_graph(),
                         first_derivatives_only=first_derivatives_only)
-        return [s for s in shapes if s == (n_edges, config.radial_hidden)]
+        return [s for s in shapes if s in ((n_edges, config.radial_hidden), embedding_out)]
 
+    # the hidden activations of every radial network, and the embedding's radial output (or its
+    # slope) [E, (L_max + 1) C]: the first-order path keeps none of them
+    embedding_out = (n_edges, (config.max_degree + 1) * config.channels)
     assert len(hidden_shaped(False)) == 2 * (1 + config.num_layers)  # two SiLU inputs per network
     assert hidden_shaped(True) == []
 
@@ -200,56 +203,85 @@ def test_radial_output_blocks_as_separate_tensors():
         network(EdgeInputs(lengths0, bessel(lengths0), features[receivers], features[senders], None), (2, 4))
 
 
-def test_a_radial_network_summed_over_edges(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_radial_network_summed_over_edges(monkeypatch, dtype):
     """``summed_over_edges`` (phi and dphi/dr made again in the backward pass, pieces of 3 edges)
     against the explicit ``[E, C, M]`` messages of the ordinary network summed by index_add:
-    values and the gradients in the lengths and the per-edge values to 1e-12 in float64; it keeps
-    neither phi nor its slope; bad blocks, trainable weights and a second derivative are refused."""
+    values and the gradients in the lengths and the per-edge values to 1e-12 in float64 (1e-5 in
+    float32), a node without edges included; either gradient alone; no edges at all; it keeps
+    neither phi nor its slope; bad sizes and values, trainable weights and a second derivative
+    are refused."""
     from e2former_calc.model import radial
     from e2former_calc.model.radial import EdgeInputs, FirstOrderEdges, RadialNetwork
 
     torch.manual_seed(4)
-    bessel = BesselBasis(4.0, 8).double()
-    network = RadialNetwork(8, 3, 16, 2 * 5).double().requires_grad_(False)  # two blocks of C = 5
-    features = torch.randn(4, 3, dtype=torch.float64)
-    receivers, senders = torch.tensor([0, 1, 2, 3, 3, 0, 2]), torch.tensor([1, 2, 3, 0, 2, 3, 1])
-    lengths0 = torch.linspace(1.0, 3.7, 7, dtype=torch.float64)
-    values0 = torch.randn(7, 4, dtype=torch.float64)
-    blocks = torch.tensor([0, 1, 1, 1])
-    probe = torch.randn(4, 5, 4, dtype=torch.float64)
+    bessel = BesselBasis(4.0, 8).to(dtype)
+    network = RadialNetwork(8, 3, 16, 2 * 5).to(dtype).requires_grad_(False)  # two blocks of C = 5
+    features = torch.randn(5, 3, dtype=dtype)  # node 4 receives no edge
+    receivers, senders = torch.tensor([0, 1, 2, 3, 3, 0, 2]), torch.tensor([1, 2, 3, 0, 2, 3, 4])
+    lengths0 = torch.linspace(1.0, 3.7, 7, dtype=dtype)
+    values0 = torch.randn(7, 4, dtype=dtype)
+    sizes = (1, 3)  # phi_0 weights column 0, phi_1 columns 1..3
+    probe = torch.randn(5, 5, 4, dtype=dtype)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
 
-    def run(fused):
-        lengths, values = lengths0.clone().requires_grad_(True), values0.clone().requires_grad_(True)
+    def run(fused, wrt=(True, True), edge_rows=slice(None)):
+        lengths = lengths0[edge_rows].clone().requires_grad_(wrt[0])
+        values = values0[edge_rows].clone().requires_grad_(wrt[1])
+        r, s = receivers[edge_rows], senders[edge_rows]
         if fused:
-            edges = EdgeInputs(lengths, None, None, None, None, FirstOrderEdges(bessel, features, receivers, senders))
-            out = network.summed_over_edges(edges, values, blocks, receivers, 4)
+            edges = EdgeInputs(lengths, None, None, None, None, FirstOrderEdges(bessel, features, r, s))
+            out = network.summed_over_edges(edges, values, sizes, 5)
         else:
-            phi = network(EdgeInputs(lengths, bessel(lengths), features[receivers], features[senders], None))
-            messages = phi.view(7, 2, 5)[:, blocks, :].transpose(1, 2) * values[:, None, :]
-            out = messages.new_zeros(4, 5, 4).index_add(0, receivers, messages)
-        return (out, *torch.autograd.grad((out * probe).sum(), (lengths, values)))
+            phi = network(EdgeInputs(lengths, bessel(lengths), features[r], features[s], None)).view(-1, 2, 5)
+            messages = phi[:, [0, 1, 1, 1], :].transpose(1, 2) * values[:, None, :]
+            out = messages.new_zeros(5, 5, 4).index_add(0, r, messages)
+        wanted = [t for t, w in zip((lengths, values), wrt) if w]
+        return (out, *torch.autograd.grad((out * probe).sum(), wanted)) if wanted else (out,)
 
     reference = run(False)
     monkeypatch.setattr(radial, "RADIAL_PIECE", 3)
     for a, b in zip(run(True), reference):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert reference[1].abs().max() > 1e-3
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    assert reference[1].abs().max() > 1e-3 and reference[0][4].abs().max() == 0
+    for wrt in ((True, False), (False, True)):
+        for a, b in zip(run(True, wrt), run(False, wrt)):
+            torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    for a, b in zip(run(True, edge_rows=slice(0, 0)), (torch.zeros(5, 5, 4, dtype=dtype),) + (torch.zeros(0),) * 2):
+        assert torch.equal(a.float(), b.float().reshape(a.shape))
 
     edges = EdgeInputs(lengths0.clone().requires_grad_(True), None, None, None, None,
                        FirstOrderEdges(bessel, features, receivers, senders))
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):
-        out = network.summed_over_edges(edges, values0, blocks, receivers, 4)
-    assert (7, 10) not in kept and (7, 5, 4) not in kept, kept
+        out = network.summed_over_edges(edges, values0, sizes, 5)
+    assert sorted(kept) == [(7,), (7, 4)], kept  # the lengths and the values
     with pytest.raises(RuntimeError, match="second derivative"):
         torch.autograd.grad(out.sum(), edges.lengths, create_graph=True)
-    with pytest.raises(ValueError, match="blocks must name"):
-        network.summed_over_edges(edges, values0, torch.tensor([0, 1, 2, 2]), receivers, 4)
+    for bad in ((1, 1, 2), (0, 4), ()):
+        with pytest.raises(ValueError, match="sizes must give"):
+            network.summed_over_edges(edges, values0, bad, 5)
+    with pytest.raises(ValueError, match=r"values must have shape \[7, 4\]"):
+        network.summed_over_edges(edges, values0[:, :3], sizes, 5)
+    with pytest.raises(ValueError, match="dtype"):
+        network.summed_over_edges(edges, values0.to(torch.float16), sizes, 5)
     with pytest.raises(ValueError, match="first_order"):
-        network.summed_over_edges(edges._replace(first_order=None), values0, blocks, receivers, 4)
+        network.summed_over_edges(edges._replace(first_order=None), values0, sizes, 5)
     network.requires_grad_(True)
     with pytest.raises(ValueError, match="frozen weights"):
-        network.summed_over_edges(edges, values0, blocks, receivers, 4)
+        network.summed_over_edges(edges, values0, sizes, 5)
+
+
+def test_entry_pieces_bound_the_temporaries_off_the_cpu():
+    """Pieces of the embedding's ``[piece, C M]`` messages: the CPU's cache-sized pieces on the
+    CPU; on a GPU at most DEVICE_ENTRIES entries, at least RADIAL_PIECE edges."""
+    from e2former_calc.model.radial import DEVICE_ENTRIES, DEVICE_PIECE, RADIAL_PIECE, entry_piece
+
+    cuda = torch.device("cuda")
+    assert entry_piece(96, torch.device("cpu")) == entry_piece(10**6, torch.device("cpu")) == RADIAL_PIECE
+    assert entry_piece(96, cuda) == DEVICE_PIECE  # emt-cu: C M = 24 x 4
+    assert entry_piece(96 * 9, cuda) * 96 * 9 <= DEVICE_ENTRIES < (entry_piece(96 * 9, cuda) + 1) * 96 * 9
+    assert entry_piece(10**9, cuda) == RADIAL_PIECE
 
 
 def test_pieces_of_edges_are_larger_off_the_cpu():

@@ -63,23 +63,29 @@ def test_recomputing_gives_the_same_energy_forces_stress_and_second_derivatives(
 
 
 def test_recomputed_blocks_keep_the_numbers_of_layer_stages():
-    """The stage-by-stage evaluation LAMMPS uses (each block on fewer nodes) under ``"blocks"``."""
+    """The stage-by-stage evaluation LAMMPS uses (each block on fewer nodes: the outer half of the
+    nodes one hop out) under ``"blocks"``, on the ordinary and the first-order path."""
     from e2former_calc.model.stages import LayerStages
 
     field, graph = _frozen_field_and_graph(torch.float64)
     model = field.model
     conv = graph.conv_graph()
     n = conv.n_nodes
-    stages = LayerStages.build(model, conv, np.zeros(n, dtype=np.int64))
+    hops = np.zeros(n, dtype=np.int64)
+    hops[n // 2:] = 1
+    stages = LayerStages.build(model, conv, hops)
     results = {}
     for mode in (False, "blocks"):
-        set_recompute(field, mode)
-        positions = graph.positions.detach().requires_grad_(True)
-        energies = model(graph.species, graph.with_geometry(positions).conv_graph(), stages=stages)
-        (gradient,) = torch.autograd.grad(energies.sum(), positions)
-        results[mode] = (energies.detach(), gradient)
-    torch.testing.assert_close(results["blocks"], results[False], rtol=1e-12, atol=1e-12)
-    assert results["blocks"][1].abs().max() > 1e-3
+        for first_order in (False, True):
+            set_recompute(field, mode)
+            positions = graph.positions.detach().requires_grad_(True)
+            energies = model(graph.species, graph.with_geometry(positions).conv_graph(), stages=stages,
+                             first_derivatives_only=first_order)
+            (gradient,) = torch.autograd.grad(energies.sum(), positions)
+            results[mode, first_order] = (energies.detach(), gradient)
+    for key, value in results.items():
+        torch.testing.assert_close(value, results[False, False], rtol=1e-12, atol=1e-12, msg=str(key))
+    assert results[False, False][1].abs().max() > 1e-3 and results[False, False][0].shape == (n // 2,)
 
 
 def _forward_with_positions(field, graph, **kwargs):

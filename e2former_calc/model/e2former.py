@@ -28,8 +28,9 @@ class EdgeDegreeEmbedding(nn.Module):
     ``phi_l`` ``[E, C]``, per-edge values ``u Y_l`` ``[E, 2l+1]`` shared by the channels): no
     ``[E, C, (L_max+1)^2]`` message tensor, in the forward or the backward pass. Where only first
     derivatives are taken with frozen weights (``edges.first_order``), the whole sum is one
-    :meth:`~e2former_calc.model.radial.RadialNetwork.summed_over_edges`, whose backward pass makes
-    ``phi`` and ``dphi/dr`` again instead of keeping two ``[E, (L_max+1) C]`` tensors.
+    :meth:`~e2former_calc.model.radial.RadialNetwork.summed_over_edges` instead (``edge_sum`` is
+    then unused): messages a piece of edges at a time, and a backward pass that makes ``phi`` and
+    ``dphi/dr`` again instead of keeping two ``[E, (L_max+1) C]`` tensors.
     """
 
     def __init__(self, config: E2FormerConfig, num_species: int):
@@ -40,8 +41,6 @@ class EdgeDegreeEmbedding(nn.Module):
         self.radial = RadialNetwork(
             config.radial_basis, config.species_features, config.radial_hidden, (config.max_degree + 1) * config.channels
         )
-        degrees = torch.repeat_interleave(torch.arange(self.max_degree + 1), torch.arange(self.max_degree + 1) * 2 + 1)
-        self.register_buffer("component_degree", degrees, persistent=False)  # [D]: l of each component
 
     def forward(self, species, graph: ConvGraph, edges: EdgeInputs, edge_sum: EdgeSum | None = None):
         """``edges``: the graph's :class:`~e2former_calc.model.radial.EdgeInputs`; ``edge_sum``: its
@@ -53,8 +52,8 @@ class EdgeDegreeEmbedding(nn.Module):
         # and the backward pass keeps no [E, L_max+1, C] product
         harmonics = [spherical_harmonics(l, vectors) * envelope[:, None] for l in range(self.max_degree + 1)]
         if edges.first_order is not None:
-            h = self.radial.summed_over_edges(edges, torch.cat(harmonics, dim=-1), self.component_degree,
-                                              graph.receivers, graph.n_nodes)
+            h = self.radial.summed_over_edges(edges, torch.cat(harmonics, dim=-1),
+                                              tuple(2 * l + 1 for l in range(self.max_degree + 1)), graph.n_nodes)
         else:
             phi = self.radial(edges, (self.channels,) * (self.max_degree + 1))  # phi_l [E, C], l = 0 .. L_max
             if edge_sum is None:
@@ -115,13 +114,16 @@ class E2Former(nn.Module):
         first_derivatives_only: the caller takes first derivatives with respect to the
             geometry and nothing beyond (forces, stress, ``dE/dr_ij``): radial networks with
             frozen weights then keep ``dphi/dr`` ``[E, out]`` for the backward pass instead of
-            their hidden activations (:class:`~e2former_calc.model.radial.RadialNetwork`); a
-            second derivative raises an error. The same numbers to rounding.
+            their hidden activations (:class:`~e2former_calc.model.radial.RadialNetwork`), and
+            the embedding's keeps nothing per edge and channel (it is made again in the
+            backward pass, :meth:`~e2former_calc.model.radial.RadialNetwork.summed_over_edges`);
+            a second derivative raises an error. The same numbers to rounding.
 
     ``recompute_blocks`` (default False; :func:`~e2former_calc.model.recompute.set_recompute`
-    sets it): with frozen weights, the embedding and every block keep only their inputs for the
-    backward pass and redo their forward pass there (less memory per atom, one more forward
-    pass of time, the same numbers).
+    sets it): with frozen weights, every block (and the embedding, unless it takes the
+    first-order path, where it keeps nothing per channel anyway) keeps only its inputs for the
+    backward pass and redoes its forward pass there (less memory per atom, one more forward pass
+    of time, the same numbers).
 
     Returns:
         ``[N]`` per-atom energies, float64 (the network runs in its parameters' dtype; the
@@ -186,10 +188,13 @@ class E2Former(nn.Module):
             edges = EdgeInputs(lengths, self.basis(lengths), features[graph.receivers], features[graph.senders],
                                envelope)
         stage = self._stage_runner(lengths)
+        # the first-order embedding keeps only [E, D] values and the lengths: recomputing it
+        # would save nothing and run its radial network a third time
+        embed = stage if edges.first_order is None else (lambda module, *args: module(*args))
         if stages is None:
             if plan is None:
                 plan = self.plan(graph)
-            h = stage(self.embedding, species, graph, edges)
+            h = embed(self.embedding, species, graph, edges)
             for block in self.blocks:
                 if exchange is not None:
                     h = exchange(h)
@@ -197,7 +202,7 @@ class E2Former(nn.Module):
         else:
             graphs = stages.graphs(graph)
             inputs = [edges.select(e) for e in stages.edges]
-            h = stage(self.embedding, species, graphs[0], inputs[0])[: stages.nodes[0]]
+            h = embed(self.embedding, species, graphs[0], inputs[0])[: stages.nodes[0]]
             for k, block in enumerate(self.blocks, start=1):
                 if exchange is not None:
                     h = exchange(h)

@@ -124,31 +124,38 @@ class RadialNetwork(nn.Module):
         out = self.net(torch.cat([edges.basis, edges.species_i, edges.species_j], dim=-1))
         return out if sizes is None else out.split(list(sizes), dim=-1)
 
-    def summed_over_edges(self, edges: EdgeInputs, values: torch.Tensor, blocks: torch.Tensor, receivers: torch.Tensor,
-                          n_nodes: int) -> torch.Tensor:
-        """``out[i, c, m] = sum_{e: receivers[e] = i} phi[e, blocks[m] C + c] values[e, m]``:
-        ``[n_nodes, C, M]`` for this network's output ``phi [E, nb C]`` read as ``nb`` blocks of
-        ``C`` channels, per-edge ``values [E, M]`` and the block ``blocks [M]`` (int64) that
-        weights each column of ``values``.
+    def summed_over_edges(self, edges: EdgeInputs, values: torch.Tensor, sizes: tuple[int, ...], n_nodes: int) -> torch.Tensor:
+        """``out[i, c, m] = sum_{e: receivers[e] = i} phi_b(m)[e, c] values[e, m]``, ``[n_nodes, C, M]``.
+
+        This network's output ``phi [E, nb C]`` is read as ``nb = len(sizes)`` blocks ``phi_b``
+        of ``C`` channels; block ``b`` weights the next ``sizes[b]`` of the ``M = sum(sizes)``
+        columns of the per-edge ``values [E, M]`` (the embedding: ``phi_l`` times the ``2l + 1``
+        components of ``u Y_l``). ``receivers`` are those of ``edges.first_order``.
 
         First derivatives only (``edges.first_order``, frozen weights): neither ``phi`` nor
         ``dphi/dr`` is kept for the backward pass, which makes both again, a piece of edges at a
         time, and returns ``dL/dr`` and ``dL/dvalues``; the pass keeps ``values`` and the lengths.
-        No ``[E, C, M]`` message exists beyond a piece's. Exact to rounding; a second derivative
-        raises an error.
+        No ``[E, C, M]`` message exists beyond a piece's (:func:`entry_piece`). Exact to rounding;
+        a second derivative raises an error.
         """
-        if edges.first_order is None:
+        first = edges.first_order
+        if first is None:
             raise ValueError("summed_over_edges is the first-derivatives-only path: the edge inputs need first_order")
-        out_features = self.net[-1].out_features
-        n_blocks = int(blocks.max()) + 1 if blocks.numel() else 1
-        if blocks.ndim != 1 or blocks.shape[0] != values.shape[-1] or out_features % n_blocks:
-            raise ValueError(f"blocks must name, for each of the {values.shape[-1]} value columns, one of the blocks "
-                             f"of this network's {out_features} outputs; got {tuple(blocks.tolist())}")
-        if edges.first_order.features.requires_grad or any(p.requires_grad for p in self.parameters()):
+        sizes = tuple(int(n) for n in sizes)
+        out_features, n_edges = self.net[-1].out_features, edges.lengths.shape[0]
+        if not sizes or min(sizes) < 1 or out_features % len(sizes):
+            raise ValueError(f"sizes must give, for each of the blocks that divide this network's {out_features} "
+                             f"outputs, how many value columns it weights (at least one); got {sizes}")
+        if values.shape != (n_edges, sum(sizes)) or first.receivers.shape != (n_edges,):
+            raise ValueError(f"values must have shape [{n_edges}, {sum(sizes)}] (edges, sum of sizes {sizes}) with "
+                             f"one receiver per edge; got values {tuple(values.shape)}, receivers "
+                             f"{tuple(first.receivers.shape)}")
+        if values.dtype != edges.lengths.dtype:
+            raise ValueError(f"values ({values.dtype}) must have the lengths' dtype ({edges.lengths.dtype})")
+        if first.features.requires_grad or any(p.requires_grad for p in self.parameters()):
             raise ValueError("first_order edge inputs are for frozen weights and species features: "
                              "only the lengths may carry gradients")
-        return _RadialEdgeSum.apply(edges.lengths, values, edges.first_order, self.net, blocks,
-                                    out_features // n_blocks, receivers, n_nodes)
+        return _RadialEdgeSum.apply(edges.lengths, values, first, self.net, sizes, n_nodes)
 
 
 def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,6 +196,20 @@ def edge_piece(cpu_piece: int, device: torch.device) -> int:
     """Edges per piece of a loop over edges outside autograd: ``cpu_piece`` on the CPU, at least
     :data:`DEVICE_PIECE` elsewhere."""
     return cpu_piece if device.type == "cpu" else max(cpu_piece, DEVICE_PIECE)
+
+
+#: entries of the largest per-piece temporary ``[piece, width]`` off the CPU (512 MiB in float32)
+DEVICE_ENTRIES = 2**27
+
+
+def entry_piece(width: int, device: torch.device) -> int:
+    """Edges per piece of a loop whose temporaries have ``width`` entries per edge (``C M``
+    messages): :data:`RADIAL_PIECE` on the CPU; elsewhere :func:`edge_piece`'s, fewer where
+    ``width`` is wide, so that a temporary holds at most :data:`DEVICE_ENTRIES` entries (never
+    fewer than ``RADIAL_PIECE`` edges)."""
+    if device.type == "cpu":
+        return RADIAL_PIECE
+    return max(RADIAL_PIECE, min(edge_piece(RADIAL_PIECE, device), DEVICE_ENTRIES // max(width, 1)))
 
 
 class _RadialWithSlope(torch.autograd.Function):
@@ -248,28 +269,33 @@ def _network_inputs(first_order: FirstOrderEdges, lengths: torch.Tensor, rows: s
 
 
 class _RadialEdgeSum(torch.autograd.Function):
-    """``out[i, c, m] = sum_{e -> i} phi[e, blocks[m] C + c] values[e, m]`` for a frozen MLP
-    ``phi``, whose backward pass makes ``phi`` and ``dphi/dr`` again instead of keeping them
-    (:meth:`RadialNetwork.summed_over_edges`). Both passes take pieces of :data:`RADIAL_PIECE`
-    edges. Backward, per edge, with ``g = dL/dout[receivers[e]]`` ``[C, M]``::
+    """``out[i, c, m] = sum_{e -> i} phi_b(m)[e, c] values[e, m]`` for a frozen MLP ``phi``
+    whose backward pass makes ``phi`` and ``dphi/dr`` again instead of keeping them
+    (:meth:`RadialNetwork.summed_over_edges`). Both passes take the edges in pieces
+    (:func:`entry_piece`) and work with the channels last (``[piece, M, C]``: ``phi_b(m)`` is a
+    row gather of ``phi [piece, nb, C]``); the backward pass, per edge, with
+    ``g = dL/dout[receivers[e]]`` ``[C, M]`` and ``m`` in block ``b(m)``::
 
-        dL/dvalues[e, m] = sum_c phi[e, blocks[m] C + c] g[c, m]
-        dL/dr[e]         = sum_{c, m} dphi[e, blocks[m] C + c]/dr values[e, m] g[c, m]
+        dL/dvalues[e, m] = sum_c phi_b(m)[e, c] g[c, m]
+        dL/dr[e]         = sum_m values[e, m] sum_c dphi_b(m)[e, c]/dr g[c, m]
     """
 
     @staticmethod
-    def forward(ctx, lengths, values, first_order, net, blocks, channels, receivers, n_nodes):
-        n_edges, piece = lengths.shape[0], edge_piece(RADIAL_PIECE, lengths.device)
-        out = values.new_zeros(n_nodes, channels, values.shape[1])
+    def forward(ctx, lengths, values, first_order, net, sizes, n_nodes):
+        channels = net[-1].out_features // len(sizes)
+        n_edges, width = lengths.shape[0], values.shape[1]
+        blocks = _block_of_each_column(sizes, lengths.device)
+        piece = entry_piece(channels * width, lengths.device)
+        out = values.new_zeros(n_nodes, width, channels)  # channels last, transposed at the end
         for start in range(0, n_edges, piece):
             rows = slice(start, start + piece)
             inputs, _ = _network_inputs(first_order, lengths, rows)
-            phi = _per_column(net(inputs), blocks, channels)  # [piece, C, M]
-            scatter_sum_into(out, phi.mul_(values[rows, None, :]), receivers[rows])
-        ctx.save_for_backward(lengths, values, blocks, receivers)
-        ctx.first_order, ctx.net, ctx.channels = first_order, net, channels
+            messages = net(inputs).view(-1, len(sizes), channels).index_select(1, blocks)  # [piece, M, C]
+            scatter_sum_into(out, messages.mul_(values[rows, :, None]), first_order.receivers[rows])
+        ctx.save_for_backward(lengths, values)
+        ctx.first_order, ctx.net, ctx.sizes, ctx.channels = first_order, net, sizes, channels
         ctx.set_materialize_grads(False)
-        return out
+        return out.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, grad):
@@ -277,25 +303,32 @@ class _RadialEdgeSum(torch.autograd.Function):
             raise RuntimeError("a second derivative through a radial network evaluated for first derivatives "
                                "only: evaluate the model without first_derivatives_only (ForceField does so "
                                "with create_graph=True)")
-        lengths, values, blocks, receivers = ctx.saved_tensors
         need_lengths, need_values = ctx.needs_input_grad[:2]
-        grad_lengths = lengths.new_zeros(lengths.shape) if need_lengths else None
-        grad_values = values.new_zeros(values.shape) if need_values else None
         if grad is None or not (need_lengths or need_values):
-            return grad_lengths, grad_values, None, None, None, None, None, None
-        piece = edge_piece(RADIAL_PIECE, lengths.device)
+            return None, None, None, None, None, None
+        lengths, values = ctx.saved_tensors
+        first_order, net, channels, n_blocks = ctx.first_order, ctx.net, ctx.channels, len(ctx.sizes)
+        blocks = _block_of_each_column(ctx.sizes, lengths.device)
+        grad = grad.transpose(1, 2).contiguous()  # [N, M, C]
+        grad_lengths = lengths.new_empty(lengths.shape) if need_lengths else None
+        grad_values = values.new_empty(values.shape) if need_values else None
+        piece = entry_piece(channels * values.shape[1], lengths.device)
         for start in range(0, lengths.shape[0], piece):
             rows = slice(start, start + piece)
-            inputs, basis_slope = _network_inputs(ctx.first_order, lengths, rows)
-            phi, slope = value_and_slope(ctx.net, inputs, basis_slope)
-            g = grad.index_select(0, receivers[rows])  # [piece, C, M]
-            if need_values:
-                grad_values[rows] = (_per_column(phi, blocks, ctx.channels) * g).sum(1)
+            inputs, basis_slope = _network_inputs(first_order, lengths, rows)
             if need_lengths:
-                grad_lengths[rows] = (_per_column(slope, blocks, ctx.channels) * g).sum(1).mul_(values[rows]).sum(-1)
-        return grad_lengths, grad_values, None, None, None, None, None, None
+                phi, slope = value_and_slope(net, inputs, basis_slope)
+            else:
+                phi = net(inputs)
+            g = grad.index_select(0, first_order.receivers[rows])  # [piece, M, C]
+            if need_values:
+                grad_values[rows] = (phi.view(-1, n_blocks, channels).index_select(1, blocks) * g).sum(-1)
+            if need_lengths:
+                g.mul_(slope.view(-1, n_blocks, channels).index_select(1, blocks))
+                grad_lengths[rows] = (g.sum(-1) * values[rows]).sum(-1)
+        return grad_lengths, grad_values, None, None, None, None
 
 
-def _per_column(out: torch.Tensor, blocks: torch.Tensor, channels: int) -> torch.Tensor:
-    """``[piece, nb C] -> [piece, C, M]``: the block ``blocks[m]`` of the output for column ``m``."""
-    return out.view(out.shape[0], -1, channels).index_select(1, blocks).transpose(1, 2)
+def _block_of_each_column(sizes: tuple[int, ...], device) -> torch.Tensor:
+    """``[sum(sizes)]`` int64: the block ``b`` of each column, for blocks of ``sizes`` columns."""
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))

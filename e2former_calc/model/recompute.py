@@ -5,8 +5,9 @@ activation it needs for it, most of them per edge. In inference (MD, relaxation,
 torch-sim) parts of the forward pass are instead re-run during the backward pass from their
 inputs, with derivatives of every order exact (the numbers are those of keeping, to rounding):
 
-* ``"blocks"``: with frozen weights, every stage that reads edges -- the edge-degree embedding
-  and each transformer block -- keeps only its input features ``[N, C, D]`` (non-reentrant
+* ``"blocks"``: with frozen weights, every stage that reads edges -- each transformer block,
+  and the edge-degree embedding unless forces alone are taken (its first-order path keeps
+  nothing per channel) -- keeps only its input features ``[N, C, D]`` (non-reentrant
   :func:`torch.utils.checkpoint.checkpoint`); its per-edge activations exist for one stage at a
   time, while that stage's backward pass runs. Costs about one more forward pass;
 * ``"auto"`` (the default): the convolutions' source products ``[U, C, K]`` (``U``: a few
