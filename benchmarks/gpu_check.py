@@ -27,7 +27,7 @@ others still run):
    sizes up as in 3 until its budget or memory ends, per size the step time and lists rebuilt.
 
     python benchmarks/gpu_check.py --output results/gpu_check.json       # on the GPU machine
-    python benchmarks/gpu_check.py --cpu-smoke                            # here: the same code, tiny sizes
+    python benchmarks/gpu_check.py --cpu-smoke      # here: the same code, tiny sizes (runs/gpu_check_cpu_smoke.json)
     python benchmarks/gpu_check.py --render benchmarks/results/gpu_check.json   # its Markdown again
 
 On a machine that cannot fetch packages, carry ase, matscipy (and torch-sim, mace-torch with
@@ -581,13 +581,17 @@ def render(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="run every part on the CPU at tiny sizes")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
+    parser.add_argument("--output", type=Path, help="the JSON report (default benchmarks/results/gpu_check.json; "
+                        "with --cpu-smoke runs/gpu_check_cpu_smoke.json, so that a smoke run never overwrites "
+                        "the recorded GPU results)")
     parser.add_argument("--skip-tests", action="store_true")
     default_mace = ROOT / "benchmarks" / "accuracy" / ".venv-mace" / "bin" / "python"
     parser.add_argument("--mace-python", default=str(default_mace), help="a Python with mace-torch")
     parser.add_argument("--mace-site", help="PYTHONPATH holding mace-torch and its e3nn 0.4.4 (carried wheels)")
     parser.add_argument("--render", type=Path, help="only write the Markdown of this report (JSON) beside it")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = ROOT / ("runs/gpu_check_cpu_smoke.json" if args.cpu_smoke else "benchmarks/results/gpu_check.json")
     if args.render:
         args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
         return 0
