@@ -220,7 +220,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--block-side", type=float, default=None, help="Å (default: the convolution's automatic choice)")
     parser.add_argument("--json", type=Path, help="write the records here")
-    parser.add_argument("--plot", type=Path, help="write the PNG plot here (default: beside --table, else --json)")
+    parser.add_argument("--plot", type=Path, help="write the PNG plot here (default: beside --table or --json)")
     parser.add_argument("--table", type=Path, help="write a Markdown table here")
     parser.add_argument("--replot", type=Path, help="only redraw the plot of an existing JSON file")
     parser.add_argument("--allocator", choices=("package", "system"), default="package",
@@ -238,10 +238,11 @@ def main(argv=None):
     else:
         sweep = list(itertools.product([10, 20, 40, 80], [1, 2, 3], [1, 2], [32, 128]))
     tag = "conv_speed" + ("_quick" if args.quick else "") + ("" if args.device == "cpu" else "_" + args.device.split(":")[0])
-    json_path = args.json or RESULTS / f"{tag}.json"
-    table_path = args.table or RESULTS / f"{tag}.md"
-    # beside the table (or the JSON) when either is named: never over another run's plot
-    plot_path = args.plot or (args.table or args.json or RESULTS / tag).with_suffix(".png")
+    # the files not named go beside the first one named (never over another run's results)
+    stem = next((p for p in (args.table, args.json, args.plot) if p is not None), RESULTS / tag)
+    json_path = args.json or stem.with_suffix(".json")
+    table_path = args.table or stem.with_suffix(".md")
+    plot_path = args.plot or stem.with_suffix(".png")
     machine = machine_description(args.device)
     if args.allocator == "package" and args.device == "cpu" and not keep_freed_memory():
         raise SystemExit("--allocator package: glibc's thresholds could not be set (not glibc, or "
