@@ -121,7 +121,7 @@ class E2Former(nn.Module):
 
     ``recompute_blocks`` (default False; :func:`~e2former_calc.model.recompute.set_recompute`
     sets it): with frozen weights, every block (and the embedding, unless it takes the
-    first-order path, where it keeps nothing per channel anyway) keeps only its inputs for the
+    first-order path, where it keeps nothing per channel) keeps only its inputs for the
     backward pass and redoes its forward pass there (less memory per atom, one more forward pass
     of time, the same numbers).
 
@@ -188,8 +188,9 @@ class E2Former(nn.Module):
             edges = EdgeInputs(lengths, self.basis(lengths), features[graph.receivers], features[graph.senders],
                                envelope)
         stage = self._stage_runner(lengths)
-        # the first-order embedding keeps only [E, D] values and the lengths: recomputing it
-        # would save nothing and run its radial network a third time
+        # the first-order embedding keeps nothing per channel (its harmonics' per-edge
+        # intermediates only, ~70 bytes per edge at L_max = 1): recomputing it would save that
+        # and run its radial network a third time
         embed = stage if edges.first_order is None else (lambda module, *args: module(*args))
         if stages is None:
             if plan is None:

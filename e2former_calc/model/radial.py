@@ -205,8 +205,8 @@ DEVICE_ENTRIES = 2**27
 def entry_piece(width: int, device: torch.device) -> int:
     """Edges per piece of a loop whose temporaries have ``width`` entries per edge (``C M``
     messages): :data:`RADIAL_PIECE` on the CPU; elsewhere :func:`edge_piece`'s, fewer where
-    ``width`` is wide, so that a temporary holds at most :data:`DEVICE_ENTRIES` entries (never
-    fewer than ``RADIAL_PIECE`` edges)."""
+    ``width`` is wide, so that each temporary holds at most :data:`DEVICE_ENTRIES` entries (never
+    fewer than ``RADIAL_PIECE`` edges; :class:`_RadialEdgeSum`'s backward pass holds three)."""
     if device.type == "cpu":
         return RADIAL_PIECE
     return max(RADIAL_PIECE, min(edge_piece(RADIAL_PIECE, device), DEVICE_ENTRIES // max(width, 1)))
@@ -218,9 +218,9 @@ class _RadialWithSlope(torch.autograd.Function):
     Inputs: ``lengths [E]`` (the only differentiable input), the :class:`FirstOrderEdges` the MLP's
     input (Bessel basis of the lengths, species features of receiver and sender) and the basis's
     slope are made from, the MLP, the sizes of the output blocks returned as separate tensors.
-    Both passes run in pieces of :data:`RADIAL_PIECE` edges (every operation is row-wise: the same
-    numbers to rounding), so no ``[E, hidden]`` temporary exists and the backward pass makes no
-    ``[E, out]`` product.
+    Both passes run in pieces of edges (:func:`edge_piece`: :data:`RADIAL_PIECE` on the CPU; every
+    operation is row-wise: the same numbers to rounding), so no ``[E, hidden]`` temporary exists
+    and the backward pass makes no ``[E, out]`` product.
     """
 
     @staticmethod
@@ -330,5 +330,6 @@ class _RadialEdgeSum(torch.autograd.Function):
 
 
 def _block_of_each_column(sizes: tuple[int, ...], device) -> torch.Tensor:
-    """``[sum(sizes)]`` int64: the block ``b`` of each column, for blocks of ``sizes`` columns."""
-    return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+    """``[sum(sizes)]`` int64: the block ``b`` of each column, for blocks of ``sizes`` columns
+    (made on the device from Python numbers: no copy from the host, no synchronisation)."""
+    return torch.cat([torch.full((n,), b, dtype=torch.long, device=device) for b, n in enumerate(sizes)])

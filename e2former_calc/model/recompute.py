@@ -6,8 +6,8 @@ torch-sim) parts of the forward pass are instead re-run during the backward pass
 inputs, with derivatives of every order exact (the numbers are those of keeping, to rounding):
 
 * ``"blocks"``: with frozen weights, every stage that reads edges -- each transformer block,
-  and the edge-degree embedding unless forces alone are taken (its first-order path keeps
-  nothing per channel) -- keeps only its input features ``[N, C, D]`` (non-reentrant
+  and the edge-degree embedding unless only first derivatives are taken (forces, stress,
+  ``dE/dr_ij``: its first-order path keeps nothing per channel) -- keeps only its input features ``[N, C, D]`` (non-reentrant
   :func:`torch.utils.checkpoint.checkpoint`); its per-edge activations exist for one stage at a
   time, while that stage's backward pass runs. Costs about one more forward pass;
 * ``"auto"`` (the default): the convolutions' source products ``[U, C, K]`` (``U``: a few
