@@ -71,8 +71,12 @@ def smooth_softmax(logits: torch.Tensor, envelope: torch.Tensor, receivers: torc
         if logits.numel():  # max(0, largest logit of an edge inside the cutoff)
             inside = torch.where(envelope[:, None] > 0, logits, torch.full_like(logits, -torch.inf))
             shift = shift.scatter_reduce(0, receivers[:, None].expand_as(logits), inside, reduce="amax")
-    # edges beyond the cutoff get exp(-inf) = 0, never 0 * inf
-    shifted = torch.where(envelope[:, None] > 0, logits - shift[receivers], torch.full_like(logits, -torch.inf))
+    # edges beyond the cutoff get exp(-inf) = 0, never 0 * inf; so do weights below the dtype's
+    # smallest normal number (exp(shifted) < tiny, |alpha| < 1.2e-38 in float32): subnormal
+    # numbers make the CPU's arithmetic on them, and on every product they enter, many times slower
+    shifted = logits - shift[receivers]
+    floor = math.log(torch.finfo(logits.dtype).tiny)
+    shifted = torch.where((envelope[:, None] > 0) & (shifted > floor), shifted, torch.full_like(logits, -torch.inf))
     numerators = envelope[:, None] * torch.exp(shifted)
     denominators = torch.exp(-shift) + scatter_sum(numerators, receivers, n_nodes)
     return numerators / denominators[receivers]
