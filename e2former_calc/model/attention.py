@@ -66,17 +66,18 @@ def smooth_softmax(logits: torch.Tensor, envelope: torch.Tensor, receivers: torc
     the cutoff (``u = 0``) contributes exactly nothing, so extra pairs in a Verlet list change
     nothing. ``logits``: ``[E, H]``; ``envelope``: ``[E]``.
     """
+    inside = envelope[:, None] > 0
     with torch.no_grad():  # a shift that cancels exactly; only for overflow safety
         shift = torch.zeros(n_nodes, logits.shape[1], dtype=logits.dtype, device=logits.device)
         if logits.numel():  # max(0, largest logit of an edge inside the cutoff)
-            inside = torch.where(envelope[:, None] > 0, logits, torch.full_like(logits, -torch.inf))
-            shift = shift.scatter_reduce(0, receivers[:, None].expand_as(logits), inside, reduce="amax")
+            largest = torch.where(inside, logits, torch.full_like(logits, -torch.inf))
+            shift = shift.scatter_reduce(0, receivers[:, None].expand_as(logits), largest, reduce="amax")
     # edges beyond the cutoff get exp(-inf) = 0, never 0 * inf; so do weights below the dtype's
     # smallest normal number (exp(shifted) < tiny, |alpha| < 1.2e-38 in float32): subnormal
     # numbers make the CPU's arithmetic on them, and on every product they enter, many times slower
     shifted = logits - shift[receivers]
     floor = math.log(torch.finfo(logits.dtype).tiny)
-    shifted = torch.where((envelope[:, None] > 0) & (shifted > floor), shifted, torch.full_like(logits, -torch.inf))
+    shifted = torch.where(inside & (shifted > floor), shifted, torch.full_like(logits, -torch.inf))
     numerators = envelope[:, None] * torch.exp(shifted)
     denominators = torch.exp(-shift) + scatter_sum(numerators, receivers, n_nodes)
     return numerators / denominators[receivers]

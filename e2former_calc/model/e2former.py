@@ -28,8 +28,7 @@ class EdgeDegreeEmbedding(nn.Module):
     ``phi_l`` ``[E, C]``, per-edge values ``u Y_l`` ``[E, 2l+1]`` shared by the channels): no
     ``[E, C, (L_max+1)^2]`` message tensor, in the forward or the backward pass. Where only first
     derivatives are taken with frozen weights (``edges.first_order``), the whole sum is one
-    :meth:`~e2former_calc.model.radial.RadialNetwork.summed_over_edges` instead (``edge_sum`` is
-    then unused): messages a piece of edges at a time, and a backward pass that makes ``phi`` and
+    :meth:`~e2former_calc.model.radial.RadialNetwork.summed_over_edges` instead: messages a piece of edges at a time, and a backward pass that makes ``phi`` and
     ``dphi/dr`` again instead of keeping two ``[E, (L_max+1) C]`` tensors.
     """
 
@@ -42,10 +41,8 @@ class EdgeDegreeEmbedding(nn.Module):
             config.radial_basis, config.species_features, config.radial_hidden, (config.max_degree + 1) * config.channels
         )
 
-    def forward(self, species, graph: ConvGraph, edges: EdgeInputs, edge_sum: EdgeSum | None = None):
-        """``edges``: the graph's :class:`~e2former_calc.model.radial.EdgeInputs`; ``edge_sum``: its
-        :class:`~e2former_calc.conv.aggregation.EdgeSum` over the receivers with ``C`` channels
-        (made on the spot when None; it is cheap, ``O(E)``)."""
+    def forward(self, species, graph: ConvGraph, edges: EdgeInputs):
+        """``edges``: the graph's :class:`~e2former_calc.model.radial.EdgeInputs`."""
         dtype, envelope = edges.lengths.dtype, edges.envelope
         vectors = graph.vectors.to(dtype)
         # the envelope multiplies the [E, 2l+1] harmonics, not the [E, C] weights: the same sum,
@@ -56,8 +53,7 @@ class EdgeDegreeEmbedding(nn.Module):
                                               tuple(2 * l + 1 for l in range(self.max_degree + 1)), graph.n_nodes)
         else:
             phi = self.radial(edges, (self.channels,) * (self.max_degree + 1))  # phi_l [E, C], l = 0 .. L_max
-            if edge_sum is None:
-                edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)
+            edge_sum = EdgeSum(graph.receivers, graph.n_nodes, self.channels)  # cheap, O(E)
             h = torch.cat([edge_sum(phi[l], y) for l, y in enumerate(harmonics)], dim=-1)
         h = h / self.average_neighbours  # [N, C, D]
         return torch.cat([h[:, :, :1] + self.species(species)[:, :, None], h[:, :, 1:]], dim=-1)

@@ -115,9 +115,7 @@ class RadialNetwork(nn.Module):
         if sizes is not None and sum(sizes) != self.net[-1].out_features:
             raise ValueError(f"sizes {tuple(sizes)} do not add up to the {self.net[-1].out_features} outputs")
         if edges.first_order is not None:
-            if edges.first_order.features.requires_grad or any(p.requires_grad for p in self.parameters()):
-                raise ValueError("first_order edge inputs are for frozen weights and species features: "
-                                 "only the lengths may carry gradients")
+            self._check_frozen(edges.first_order)
             parts = _RadialWithSlope.apply(edges.lengths, edges.first_order, self.net,
                                            (self.net[-1].out_features,) if sizes is None else tuple(sizes))
             return parts[0] if sizes is None else parts
@@ -152,10 +150,14 @@ class RadialNetwork(nn.Module):
                              f"{tuple(first.receivers.shape)}")
         if values.dtype != edges.lengths.dtype:
             raise ValueError(f"values ({values.dtype}) must have the lengths' dtype ({edges.lengths.dtype})")
-        if first.features.requires_grad or any(p.requires_grad for p in self.parameters()):
+        self._check_frozen(first)
+        return _RadialEdgeSum.apply(edges.lengths, values, first, self.net, sizes, n_nodes)
+
+
+    def _check_frozen(self, first_order: FirstOrderEdges) -> None:
+        if first_order.features.requires_grad or any(p.requires_grad for p in self.parameters()):
             raise ValueError("first_order edge inputs are for frozen weights and species features: "
                              "only the lengths may carry gradients")
-        return _RadialEdgeSum.apply(edges.lengths, values, first, self.net, sizes, n_nodes)
 
 
 def value_and_slope(net: nn.Sequential, inputs: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,10 +245,7 @@ class _RadialWithSlope(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        if torch.is_grad_enabled():
-            raise RuntimeError("a second derivative through a radial network evaluated for first derivatives "
-                               "only: evaluate the model without first_derivatives_only (ForceField does so "
-                               "with create_graph=True)")
+        _refuse_second_derivative()
         (slope,) = ctx.saved_tensors
         grad_lengths = slope.new_zeros(slope.shape[0])  # sum_k dL/dphi_k dphi_k/dr, a piece at a time
         piece = edge_piece(RADIAL_PIECE, slope.device)
@@ -257,6 +256,14 @@ class _RadialWithSlope(torch.autograd.Function):
                     grad_lengths[rows] += (grad[rows] * slope[rows, column : column + size]).sum(-1)
                 column += size
         return grad_lengths, None, None, None
+
+
+def _refuse_second_derivative() -> None:
+    """The first-order path keeps no graph of its derivatives: say so instead of a silent zero."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("a second derivative through a radial network evaluated for first derivatives "
+                           "only: evaluate the model without first_derivatives_only (ForceField does so "
+                           "with create_graph=True)")
 
 
 def _network_inputs(first_order: FirstOrderEdges, lengths: torch.Tensor, rows: slice):
@@ -299,10 +306,7 @@ class _RadialEdgeSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if torch.is_grad_enabled():
-            raise RuntimeError("a second derivative through a radial network evaluated for first derivatives "
-                               "only: evaluate the model without first_derivatives_only (ForceField does so "
-                               "with create_graph=True)")
+        _refuse_second_derivative()
         need_lengths, need_values = ctx.needs_input_grad[:2]
         if grad is None or not (need_lengths or need_values):
             return None, None, None, None, None, None
